@@ -1,0 +1,119 @@
+"""Running a benchmark: plan it, check what is cached, execute the rest, collect the rows."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import BenchmarkSpec
+from .errors import ConfigError
+from .plan import Plan, build_plan
+from .plugins import get_registry
+from .runner import StageOutcome, StageRunner, load_dataset, resolve_target
+from .store import Store
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    outcomes: dict[str, StageOutcome] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[StageOutcome]:
+        return [o for o in self.outcomes.values() if o.status in ("failed", "skipped")]
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes.values() if o.status == status)
+
+
+def preflight(spec: BenchmarkSpec) -> None:
+    """Load every dataset and resolve the target before anything trains: a missing dataset or a bad
+    target label fails here, not after an hour of training."""
+    for dataset in spec.datasets:
+        splits = load_dataset(dataset.identity())
+        if spec.attacks:
+            try:
+                resolve_target(spec.target.label, splits)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (dataset '{dataset.name}')", f"{spec.path} [target]") from None
+
+
+def select_stages(plan: Plan, only: list[str] | None) -> set[str]:
+    """Stage ids matching any ``--only`` pattern (kind, kind/key prefix, or a glob on the label), plus
+    everything they depend on."""
+    if not only:
+        return set(plan.stages)
+    chosen = matching(plan, only)
+    if not chosen:
+        raise ConfigError(f"--only {' '.join(only)} matches no stage; see `hashbench plan FILE` for kinds and labels")
+    closure = set(chosen)
+    frontier = set(chosen)
+    while frontier:
+        frontier = {d for sid in frontier for d in plan.stages[sid].deps} - closure
+        closure |= frontier
+    return closure
+
+
+def matching(plan: Plan, patterns: list[str]) -> set[str]:
+    """Stage ids whose kind equals, id starts with, or label glob-matches one of ``patterns``."""
+    return {
+        s.id for s in plan.ordered()
+        if any(p == s.kind or s.id.startswith(p) or fnmatch.fnmatch(s.label, p) for p in patterns)
+    }
+
+
+def plan_status(plan: Plan, store: Store) -> dict[str, str]:
+    return {s.id: ("cached" if store.is_done(s.kind, s.key) else "to run") for s in plan.ordered()}
+
+
+def run_benchmark(
+    spec: BenchmarkSpec,
+    *,
+    executor: str | None = None,
+    only: list[str] | None = None,
+    force: list[str] | None = None,
+    progress_bar: bool = True,
+    echo=None,
+) -> RunResult:
+    echo = echo or (lambda message: print(message, file=sys.stderr))
+    plan = build_plan(spec)
+    runner = StageRunner(spec.settings.results, spec.settings.device, log_fn=lambda m: None)
+    runner.store.ensure_writable()
+    runner.store.clean_temporaries()
+    preflight(spec)
+    selected = select_stages(plan, only)
+    forced = matching(plan, force) & selected if force else set()
+    status = plan_status(plan, runner.store)
+    todo = [sid for sid in selected if status[sid] != "cached" or sid in forced]
+    echo(f"hashbench: {len(selected)} stages, {len(selected) - len(todo)} cached, {len(todo)} to run "
+         f"on {runner.device} -> {Path(spec.settings.results)}")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(selected), desc="stages", disable=None if progress_bar else True, file=sys.stderr)
+
+    def progress(stage, outcome: StageOutcome) -> None:
+        bar.update(1)
+        if outcome.status == "done":
+            bar.write(f"  done    {stage.label} ({outcome.seconds:.1f}s)", file=sys.stderr)
+        elif outcome.status == "failed":
+            bar.write(f"  FAILED  {stage.label}: {outcome.error.splitlines()[0]}", file=sys.stderr)
+
+    executor_name = executor or spec.settings.executor
+    executor_cls = get_registry().get("executor", executor_name)
+    executor_plugin = executor_cls(_executor_params(executor_cls, spec))
+    started = time.perf_counter()
+    try:
+        outcomes = executor_plugin.execute(plan, runner, selected, forced, progress)
+    finally:
+        bar.close()
+    return RunResult(plan, outcomes, time.perf_counter() - started)
+
+
+def _executor_params(executor_cls, spec: BenchmarkSpec):
+    from .params import build_params
+
+    return build_params(executor_cls.Params, dict(spec.settings.executor_options), f"{spec.path} [benchmark] executor_options")

@@ -1,0 +1,184 @@
+"""The ``hashbench`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import HashbenchError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+    from .config import load_spec, with_overrides
+    from .report import collect_rows, summary_tables
+
+    spec = load_spec(args.file)
+    overrides = {k: v for k, v in {"device": args.device, "results": args.results}.items() if v}
+    if overrides:
+        spec = with_overrides(spec, **overrides)
+    try:
+        result = run_benchmark(spec, executor=args.executor, only=args.only, force=args.force,
+                               progress_bar=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished stages are kept; run `hashbench run {args.file}` again to resume.",
+              file=sys.stderr)
+        return 130
+    evaluate_keys = [s.key for s in result.plan.evaluations()]
+    frame = collect_rows(spec.settings.results, evaluate_keys)
+    print(summary_tables(frame))
+    print(f"\n{result.count('done')} stages computed, {result.count('cached')} cached, in {result.seconds:.1f}s. "
+          f"Results: {spec.settings.results}  (leaderboard: hashbench export {spec.settings.results} --leaderboard FILE.csv)")
+    if result.failures:
+        from tabulate import tabulate
+
+        rows = [[result.plan.stages[o.stage_id].label, o.status, (o.error or "").splitlines()[0][:160]]
+                for o in result.failures]
+        print("\nFailures:\n" + tabulate(rows, headers=["stage", "status", "error"], tablefmt="github"))
+        return 1
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .benchmark import plan_status
+    from .config import load_spec
+    from .plan import build_plan
+    from .store import Store
+
+    spec = load_spec(args.file)
+    plan = build_plan(spec)
+    status = plan_status(plan, Store(spec.settings.results))
+    rows = [[s.kind, s.key, status[s.id], s.label] for s in plan.ordered()]
+    print(tabulate(rows, headers=["kind", "key", "status", "stage"], tablefmt="github"))
+    todo = sum(1 for v in status.values() if v != "cached")
+    print(f"\n{len(rows)} stages: {len(rows) - todo} cached, {todo} to run")
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .plugins import get_registry
+
+    registry = get_registry()
+    described = [registry.describe(info) for info in registry.infos(args.kind)]
+    if args.json:
+        print(json.dumps(described, indent=2, default=str))
+        return 0
+    for kind in sorted({d["kind"] for d in described}, key=lambda k: list(_KINDS).index(k)):
+        rows = []
+        for d in (d for d in described if d["kind"] == kind):
+            params = "; ".join(f"{p['name']}={p['default']!r}" for p in d["parameters"]) or "-"
+            extra = ""
+            if "threat_model" in d:
+                extra = ", ".join(k for k, v in d["threat_model"].items() if v) or "poison-label"
+            elif kind == "defense":
+                extra = f"{d['level']}/{d['role']}"
+            rows.append([d["name"], d["version"], d["source"], extra, d["summary"], params])
+        print(f"\n{kind}s")
+        print(tabulate(rows, headers=["name", "version", "source", "traits", "summary", "parameters"], tablefmt="simple"))
+    if args.verbose:
+        for d in described:
+            print(f"\n{d['kind']} {d['name']}: {d['summary']}")
+            for p in d["parameters"]:
+                print(f"  {p['name']} ({p['type']}, default {p['default']!r}): {p['doc']}")
+    return 0
+
+
+_KINDS = ("dataset", "method", "backbone", "attack", "defense", "metric", "exporter", "executor")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .plugins import get_registry
+    from .report import collect_rows, leaderboard
+
+    results = Path(args.results)
+    if not (results / "stages").is_dir():
+        raise ConfigError(f"{results} holds no hashbench results (no stages/ folder); run a benchmark first")
+    frame = collect_rows(results)
+    if frame.empty:
+        raise ConfigError(f"{results} has no finished evaluations yet; run the benchmark to the end first")
+    board = leaderboard(frame)
+    registry = get_registry()
+    written = []
+    if args.leaderboard:
+        registry.get("exporter", "csv")().export(board, Path(args.leaderboard))
+        written.append(args.leaderboard)
+    for fmt in args.format or []:
+        exporter = registry.get("exporter", fmt)()
+        path = Path(args.output or results) / f"leaderboard{exporter.suffix}"
+        exporter.export(board, path)
+        written.append(str(path))
+    if not written:
+        path = results / "leaderboard.csv"
+        registry.get("exporter", "csv")().export(board, path)
+        written.append(str(path))
+    print(f"{len(board)} configurations ({len(frame)} rows over seeds) -> {', '.join(written)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hashbench", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each training epoch")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a benchmark file (resumes: finished stages are reused)")
+    run.add_argument("file")
+    run.add_argument("--device", help="override [benchmark] device (auto | cpu | cuda | cuda:N)")
+    run.add_argument("--results", help="override [benchmark] results directory")
+    run.add_argument("--executor", help="override [benchmark] executor (local | ray)")
+    run.add_argument("--only", nargs="+", metavar="PATTERN", help="run only matching stages (kind, key prefix or label glob) and what they need")
+    run.add_argument("--force", nargs="+", metavar="PATTERN", help="recompute matching stages even when cached")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_cmd_run)
+
+    plan = sub.add_parser("plan", help="list the stages of a benchmark and which are cached")
+    plan.add_argument("file")
+    plan.set_defaults(func=_cmd_plan)
+
+    plugins = sub.add_parser("plugins", help="list plugins with their parameters")
+    plugins.add_argument("--kind", choices=_KINDS)
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=_cmd_plugins)
+
+    export = sub.add_parser("export", help="write the leaderboard (mean and std over seeds)")
+    export.add_argument("results", help="a results directory")
+    export.add_argument("--leaderboard", metavar="FILE.csv", help="write the leaderboard CSV here")
+    export.add_argument("--format", action="append", help="also write leaderboard.<fmt> (csv, md, json)")
+    export.add_argument("--output", help="folder for --format files (default: the results directory)")
+    export.set_defaults(func=_cmd_export)
+
+    from .plugins import get_registry
+
+    try:
+        get_registry().pm.hook.register_commands(cli=sub)
+    except HashbenchError:
+        pass  # a broken plugin is reported when it is used
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        if getattr(args, "quiet", False):
+            os.environ["HASHBENCH_QUIET"] = "1"
+        return int(args.func(args) or 0)
+    except HashbenchError as exc:
+        print(f"hashbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

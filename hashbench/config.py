@@ -1,0 +1,282 @@
+"""Benchmark files (TOML) -> a validated :class:`BenchmarkSpec`.
+
+Every table is checked against a dataclass: an unknown key, a wrong type or an unknown plugin ends with
+one message naming the file, the table, the key and what is valid. A list in any parameter expands into
+a grid (for a parameter that itself takes a list, a list of lists expands).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError, PluginError
+from .params import build_params, field_types, is_sequence_type, param, params_to_dict
+from .plugins import Registry, get_registry
+from .training import TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """The `[benchmark]` table."""
+
+    name: str = param("benchmark", "a name for the run (used in reports)")
+    seeds: list[int] = param([0], "one full matrix per seed; the leaderboard gives mean and std over seeds")
+    device: str = param("auto", "auto | cpu | cuda | cuda:N")
+    results: str = param("results/benchmark", "results directory, relative to the current directory")
+    executor: str = param("local", "executor plugin: local or ray")
+    executor_options: dict = param({}, "options for the executor (e.g. address = \"auto\" for ray)")
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin chosen by name with validated parameters."""
+
+    kind: str
+    name: str
+    params: Any
+    version: str
+
+    def identity(self) -> dict[str, Any]:
+        """What a stage key hashes: name, version and every parameter value."""
+        return {"name": self.name, "version": self.version, "params": params_to_dict(self.params)}
+
+    def label(self) -> str:
+        return self.name
+
+    def build(self, registry: Registry | None = None):
+        return (registry or get_registry()).get(self.kind, self.name)(self.params)
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    method: PluginSpec
+    backbone: PluginSpec
+    bits: int
+    train: TrainConfig
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "method": self.method.identity(),
+            "backbone": self.backbone.identity(),
+            "bits": self.bits,
+            "train": params_to_dict(self.train),
+        }
+
+    def label(self) -> str:
+        return f"{self.method.name}/{self.backbone.name}/{self.bits}b"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    plugin: PluginSpec
+    poison_rate: float
+    surrogate: VictimSpec | None  # None: the clean victim of the same dataset and victim settings
+
+    def label(self) -> str:
+        return self.plugin.name
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    plugin: PluginSpec
+    clean_fraction: float
+
+    def label(self) -> str:
+        return self.plugin.name
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The `[target]` table: a class name, a class index, or (multi-label data) a list of them."""
+
+    label: str | int | list = param(0, "target class name or index; a list for multi-label targets")
+
+
+@dataclass
+class BenchmarkSpec:
+    path: Path
+    settings: BenchmarkSettings
+    datasets: list[PluginSpec]
+    victims: list[VictimSpec]
+    target: TargetSpec
+    attacks: list[AttackSpec]
+    defenses: list[DefenseSpec]
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+TOP_LEVEL = {"benchmark", "dataset", "victim", "target", "attack", "defense"}
+VICTIM_KEYS = {"method", "backbone", "bits", "method_params", "backbone_params"}
+ATTACK_KEYS = {"name", "poison_rate", "surrogate"}
+DEFENSE_KEYS = {"name", "clean_fraction"}
+
+
+def expand_grid(table: dict[str, Any], sequence_keys: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Cartesian product over list values. Keys in ``sequence_keys`` take a list as their value, so only
+    a list of lists expands there."""
+    axes = []
+    for key, value in table.items():
+        if isinstance(value, list) and value and (key not in sequence_keys or isinstance(value[0], list)):
+            axes.append([(key, v) for v in value])
+        elif isinstance(value, list) and not value and key not in sequence_keys:
+            raise ConfigError(f"'{key}' is an empty list: give at least one value")
+        else:
+            axes.append([(key, value)])
+    return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
+
+
+def _sequence_keys(params_cls: type) -> set[str]:
+    return {name for name, tp in field_types(params_cls).items() if is_sequence_type(tp)}
+
+
+def _plugin_grid(registry: Registry, kind: str, name: Any, table: dict[str, Any], where: str) -> list[PluginSpec]:
+    if not isinstance(name, str):
+        raise ConfigError(f"'name' must be a string naming a {kind} plugin", where)
+    try:
+        cls = registry.get(kind, name)
+    except PluginError as exc:
+        raise ConfigError(str(exc), where) from None
+    out = []
+    for combo in expand_grid(table, _sequence_keys(cls.Params)):
+        out.append(PluginSpec(kind, name, build_params(cls.Params, combo, f"{where} ({name})"), cls.version))
+    return out
+
+
+def _as_tables(value: Any, table: str, where: str) -> list[dict]:
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return value
+    raise ConfigError(f"[{table}] must be a table or an array of tables ([[{table}]])", where)
+
+
+def _check_keys(table: dict, allowed: set[str], where: str, extra_ok: bool = False) -> None:
+    if extra_ok:
+        return
+    for key in table:
+        if key not in allowed:
+            from .params import did_you_mean
+
+            raise ConfigError(f"unknown key '{key}'.{did_you_mean(key, allowed)} Valid keys: {', '.join(sorted(allowed))}.", where)
+
+
+def _parse_victims(registry: Registry, table: dict, where: str) -> list[VictimSpec]:
+    train_keys = set(field_types(TrainConfig))
+    _check_keys(table, VICTIM_KEYS | train_keys, where)
+    for required in ("method", "backbone", "bits"):
+        if required not in table:
+            raise ConfigError(f"missing key '{required}'", where)
+    method_params = table.get("method_params", {})
+    backbone_params = table.get("backbone_params", {})
+    for name, sub in (("method_params", method_params), ("backbone_params", backbone_params)):
+        if not isinstance(sub, dict):
+            raise ConfigError(f"'{name}' must be a table of tables keyed by plugin name", where)
+    grid_input = {k: v for k, v in table.items() if k not in ("method_params", "backbone_params")}
+    victims = []
+    for combo in expand_grid(grid_input):
+        method_name, backbone_name, bits = combo.pop("method"), combo.pop("backbone"), combo.pop("bits")
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
+            raise ConfigError(f"'bits' = {bits!r} must be a positive integer", where)
+        train = build_params(TrainConfig, combo, where)
+        methods = _plugin_grid(registry, "method", method_name, method_params.get(method_name, {}), f"{where}.method_params")
+        backbones = _plugin_grid(
+            registry, "backbone", backbone_name, backbone_params.get(backbone_name, {}), f"{where}.backbone_params"
+        )
+        for m, b in itertools.product(methods, backbones):
+            victims.append(VictimSpec(m, b, bits, train))
+    return victims
+
+
+def load_spec(path: str | Path, registry: Registry | None = None) -> BenchmarkSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"benchmark file '{path}' does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", str(path)) from None
+    return parse_spec(raw, path, registry)
+
+
+def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry | None = None) -> BenchmarkSpec:
+    registry = registry or get_registry()
+    path = Path(path)
+    _check_keys(raw, TOP_LEVEL, str(path))
+    bench_table = raw.get("benchmark", {})
+    if not isinstance(bench_table, dict):
+        raise ConfigError("[benchmark] must be a table", str(path))
+    settings = build_params(BenchmarkSettings, bench_table, f"{path} [benchmark]")
+    if not settings.seeds:
+        raise ConfigError("'seeds' needs at least one seed", f"{path} [benchmark]")
+
+    if "dataset" not in raw:
+        raise ConfigError("missing [dataset] table (e.g. name = \"synthetic\")", str(path))
+    datasets: list[PluginSpec] = []
+    for i, table in enumerate(_as_tables(raw["dataset"], "dataset", str(path))):
+        where = f"{path} [dataset] #{i + 1}"
+        table = dict(table)
+        if "name" not in table:
+            raise ConfigError("missing key 'name'", where)
+        datasets += _plugin_grid(registry, "dataset", table.pop("name"), table, where)
+
+    if "victim" not in raw:
+        raise ConfigError("missing [victim] table (method, backbone, bits)", str(path))
+    victims: list[VictimSpec] = []
+    for i, table in enumerate(_as_tables(raw["victim"], "victim", str(path))):
+        victims += _parse_victims(registry, table, f"{path} [victim] #{i + 1}")
+
+    target = build_params(TargetSpec, raw.get("target", {}), f"{path} [target]")
+
+    attacks: list[AttackSpec] = []
+    for i, table in enumerate(_as_tables(raw.get("attack", []), "attack", str(path))):
+        where = f"{path} [[attack]] #{i + 1}"
+        table = dict(table)
+        if "name" not in table:
+            raise ConfigError("missing key 'name'", where)
+        name = table.pop("name")
+        rates = table.pop("poison_rate", 0.01)
+        surrogate_table = table.pop("surrogate", None)
+        surrogates: list[VictimSpec | None] = [None]
+        if surrogate_table is not None:
+            if not isinstance(surrogate_table, dict):
+                raise ConfigError("'surrogate' must be a table (method, backbone, bits, training keys)", where)
+            surrogates = list(_parse_victims(registry, surrogate_table, f"{where}.surrogate"))
+        for rate in rates if isinstance(rates, list) else [rates]:
+            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1:
+                raise ConfigError(f"'poison_rate' = {rate!r} must be a number in (0, 1)", where)
+            for plugin in _plugin_grid(registry, "attack", name, table, where):
+                for surrogate in surrogates:
+                    attacks.append(AttackSpec(plugin, float(rate), surrogate))
+
+    defenses: list[DefenseSpec] = []
+    for i, table in enumerate(_as_tables(raw.get("defense", []), "defense", str(path))):
+        where = f"{path} [[defense]] #{i + 1}"
+        table = dict(table)
+        if "name" not in table:
+            raise ConfigError("missing key 'name'", where)
+        name = table.pop("name")
+        fractions = table.pop("clean_fraction", 0.05)
+        for fraction in fractions if isinstance(fractions, list) else [fractions]:
+            if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+                raise ConfigError(f"'clean_fraction' = {fraction!r} must be a number in (0, 1]", where)
+            for plugin in _plugin_grid(registry, "defense", name, table, where):
+                defenses.append(DefenseSpec(plugin, float(fraction)))
+    # The undefended baseline is always evaluated: every defense row is compared with it.
+    if not any(d.plugin.name == "none" for d in defenses):
+        defenses.insert(0, DefenseSpec(_plugin_grid(registry, "defense", "none", {}, str(path))[0], 0.05))
+
+    return BenchmarkSpec(path, settings, datasets, victims, target, attacks, defenses, raw)
+
+
+def with_overrides(spec: BenchmarkSpec, **settings: Any) -> BenchmarkSpec:
+    """A copy of ``spec`` with `[benchmark]` settings replaced (CLI flags such as --device)."""
+    return dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, **settings))

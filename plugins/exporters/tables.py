@@ -1,0 +1,51 @@
+"""Leaderboard exporters: CSV, Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hashbench import Exporter, hookimpl
+
+
+class CsvExporter(Exporter):
+    """Comma-separated values, one row per configuration."""
+
+    name = "csv"
+    suffix = ".csv"
+
+    def export(self, table, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path, index=False)
+
+
+class MarkdownExporter(Exporter):
+    """A GitHub-flavoured Markdown table."""
+
+    name = "md"
+    suffix = ".md"
+
+    def export(self, table, path: Path) -> None:
+        from tabulate import tabulate
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f") + "\n")
+
+
+class JsonExporter(Exporter):
+    """A JSON list of records (NaN written as null)."""
+
+    name = "json"
+    suffix = ".json"
+
+    def export(self, table, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        records = json.loads(table.to_json(orient="records"))
+        Path(path).write_text(json.dumps(records, indent=2) + "\n")
+
+
+@hookimpl
+def register_exporters(register):
+    register(CsvExporter)
+    register(MarkdownExporter)
+    register(JsonExporter)

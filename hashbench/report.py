@@ -70,7 +70,8 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     group_keys = [c for c in IDENTITY if c in frame]
     filled = frame.copy()
     for key in group_keys:
-        filled[key] = filled[key].fillna("").astype(str)
+        column = filled[key].astype(object)
+        filled[key] = column.where(column.notna(), "").astype(str)
     numeric = [
         c for c in frame.columns
         if c not in group_keys + VERSIONS + ["seed", "stage_key"] and pd.api.types.is_numeric_dtype(frame[c])

@@ -33,13 +33,22 @@ def _check_codes(codes: torch.Tensor, what: str) -> torch.Tensor:
     return codes
 
 
-def _labels(labels: torch.Tensor, n: int, what: str) -> torch.Tensor:
+def _labels(labels: torch.Tensor, n: int, what: str, num_classes: int | None = None) -> torch.Tensor:
     labels = labels.float()
     if labels.dim() == 1:  # class indices -> one-hot
-        labels = torch.nn.functional.one_hot(labels.long(), int(labels.max().item()) + 1).float()
+        labels = torch.nn.functional.one_hot(labels.long(), num_classes or int(labels.max().item()) + 1).float()
     if labels.shape[0] != n:
         raise ValueError(f"{what} has {labels.shape[0]} rows but there are {n} codes")
     return labels
+
+
+def _label_pair(query_labels: torch.Tensor, db_labels: torch.Tensor, nq: int, ndb: int):
+    """Both label sets as multi-hot with the same number of classes (class indices are one-hot encoded)."""
+    num_classes = None
+    if query_labels.dim() == 1 or db_labels.dim() == 1:
+        sizes = [int(t.max().item()) + 1 if t.dim() == 1 else t.shape[1] for t in (query_labels, db_labels) if len(t)]
+        num_classes = max(sizes) if sizes else 1
+    return (_labels(query_labels, nq, "query_labels", num_classes), _labels(db_labels, ndb, "db_labels", num_classes))
 
 
 def hamming_ranking(query_codes: torch.Tensor, db_codes: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,8 +79,7 @@ def average_precisions(
     db = _check_codes(_tensor(db_codes, dev), "db_codes")
     if q.shape[1] != db.shape[1]:
         raise ValueError(f"query codes have {q.shape[1]} bits but database codes have {db.shape[1]}")
-    ql = _labels(_tensor(query_labels, q.device), q.shape[0], "query_labels")
-    dl = _labels(_tensor(db_labels, q.device), db.shape[0], "db_labels")
+    ql, dl = _label_pair(_tensor(query_labels, q.device), _tensor(db_labels, q.device), q.shape[0], db.shape[0])
     if ql.shape[1] != dl.shape[1]:
         raise ValueError(f"query labels have {ql.shape[1]} classes but database labels have {dl.shape[1]}")
     n = db.shape[0]
@@ -119,8 +127,7 @@ def precision_at_k(
     """Mean fraction of relevant items among the first ``k`` retrieved (ties by database index)."""
     q = _check_codes(_tensor(query_codes), "query_codes")
     db = _check_codes(_tensor(db_codes), "db_codes")
-    ql = _labels(_tensor(query_labels), q.shape[0], "query_labels")
-    dl = _labels(_tensor(db_labels), db.shape[0], "db_labels")
+    ql, dl = _label_pair(_tensor(query_labels), _tensor(db_labels), q.shape[0], db.shape[0])
     k = min(k, db.shape[0])
     chunk = max(1, kwargs.get("memory_budget", DEFAULT_MEMORY_BUDGET) // max(db.shape[0], 1))
     total = 0.0

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import io
+
+import numpy as np
 import torch
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 
 from hashbench import InputPurifier, hookimpl, param
 
@@ -26,10 +29,13 @@ class Jpeg(InputPurifier):
     Params = JpegParams
 
     def purify(self, images: torch.Tensor) -> torch.Tensor:
-        if len(images) == 0:
-            return images
-        encoded = encode_jpeg(list(images.contiguous()), quality=self.params.quality)
-        return torch.stack(decode_jpeg(encoded))
+        out = torch.empty_like(images)
+        for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=self.params.quality)
+            buffer.seek(0)
+            out[i] = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
+        return out
 
 
 @hookimpl

@@ -27,6 +27,7 @@ SUMMARY_COLUMNS = {
     "poison_ssim": "SSIM",
     "poison_lpips": "LPIPS",
     "detection_auroc": "det. AUROC",
+    "defense_seconds": "defense s",
 }
 
 
@@ -83,7 +84,12 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     for version in VERSIONS:
         if version in filled:
             stats[version] = grouped[version].first()
-    return stats.reset_index()
+    board = stats.reset_index()
+    # Stable, readable order: the clean row first, then per attack the undefended row before defenses.
+    order = board.assign(
+        _clean=board["attack"] != "(clean)", _defended=board["defense"] != "none"
+    ).sort_values(["dataset", "method", "backbone", "bits", "_clean", "attack", "poison_rate", "_defended", "defense"], kind="stable")
+    return order.drop(columns=["_clean", "_defended"]).reset_index(drop=True)
 
 
 def _fmt(value) -> str:

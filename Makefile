@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/hashbench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[test,report]'
+	$(BIN)/python -m pip install -q -e '.[test,report,ray]'
 	@touch $@
 
 install: $(BIN)/hashbench

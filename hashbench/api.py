@@ -65,6 +65,11 @@ class HashMethod(Plugin):
     def loss(self, z: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable tensors the objective owns (e.g. GreedyHash's classifier on the codes), created in
+        ``setup``. The training loop optimises them together with the model's; default: none."""
+        return []
+
 
 class Backbone(Plugin):
     """An image feature extractor; the core adds the hash head."""

@@ -76,9 +76,12 @@ def run_benchmark(
     executor: str | None = None,
     only: list[str] | None = None,
     force: list[str] | None = None,
+    executor_options: dict | None = None,
     progress_bar: bool = True,
     echo=None,
 ) -> RunResult:
+    """Plan ``spec``, then run the selected stages that are not cached with the chosen executor.
+    ``executor_options`` (e.g. ``{"address": "auto"}`` from the CLI) override the file's."""
     echo = echo or (lambda message: print(message, file=sys.stderr))
     plan = build_plan(spec)
     runner = StageRunner(spec.settings.results, spec.settings.device, log_fn=lambda m: None)
@@ -99,12 +102,14 @@ def run_benchmark(
         bar.update(1)
         if outcome.status == "done":
             bar.write(f"  done    {stage.label} ({outcome.seconds:.1f}s)", file=sys.stderr)
+            if outcome.rebuilt:
+                bar.write(f"          recomputed because {outcome.rebuilt}", file=sys.stderr)
         elif outcome.status == "failed":
             bar.write(f"  FAILED  {stage.label}: {outcome.error.splitlines()[0]}", file=sys.stderr)
 
     executor_name = executor or spec.settings.executor
     executor_cls = get_registry().get("executor", executor_name)
-    executor_plugin = executor_cls(_executor_params(executor_cls, spec))
+    executor_plugin = executor_cls(_executor_params(executor_cls, spec, executor_name, executor_options or {}))
     started = time.perf_counter()
     try:
         outcomes = executor_plugin.execute(plan, runner, selected, forced, progress)
@@ -113,7 +118,9 @@ def run_benchmark(
     return RunResult(plan, outcomes, time.perf_counter() - started)
 
 
-def _executor_params(executor_cls, spec: BenchmarkSpec):
+def _executor_params(executor_cls, spec: BenchmarkSpec, name: str, overrides: dict):
+    """The file's ``executor_options`` (when the file names this executor) updated with ``overrides``."""
     from .params import build_params
 
-    return build_params(executor_cls.Params, dict(spec.settings.executor_options), f"{spec.path} [benchmark] executor_options")
+    options = dict(spec.settings.executor_options) if name == spec.settings.executor else {}
+    return build_params(executor_cls.Params, options | overrides, f"{spec.path} [benchmark] executor_options")

@@ -15,15 +15,19 @@ from .errors import HashbenchError
 def _cmd_run(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
     from .config import load_spec, with_overrides
+    from .errors import ConfigError
     from .report import collect_rows, summary_tables
 
     spec = load_spec(args.file)
     overrides = {k: v for k, v in {"device": args.device, "results": args.results}.items() if v}
     if overrides:
         spec = with_overrides(spec, **overrides)
+    options = {"address": args.address} if args.address else {}
+    if options and (args.executor or spec.settings.executor) != "ray":
+        raise ConfigError("--address is an option of the ray executor; add `--executor ray`")
     try:
         result = run_benchmark(spec, executor=args.executor, only=args.only, force=args.force,
-                               progress_bar=not args.quiet)
+                               executor_options=options, progress_bar=not args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished stages are kept; run `hashbench run {args.file}` again to resume.",
               file=sys.stderr)
@@ -31,6 +35,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     evaluate_keys = [s.key for s in result.plan.evaluations()]
     frame = collect_rows(spec.settings.results, evaluate_keys)
     print(summary_tables(frame))
+    rebuilt = [o for o in result.outcomes.values() if o.rebuilt]
+    if rebuilt:
+        print("\nRecomputed although cached:\n" + "\n".join(f"  {result.plan.stages[o.stage_id].label}: {o.rebuilt}" for o in rebuilt))
     print(f"\n{result.count('done')} stages computed, {result.count('cached')} cached, in {result.seconds:.1f}s. "
           f"Results: {spec.settings.results}  (leaderboard: hashbench export {spec.settings.results} --leaderboard FILE.csv)")
     if result.failures:
@@ -124,6 +131,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_new(args: argparse.Namespace) -> int:
+    from .scaffold import scaffold
+
+    root = scaffold(args.kind, args.name, Path(args.output) if args.output else None, force=args.force)
+    print(f"wrote {args.kind} plugin '{args.name}' to {root}\n"
+          f"next: pip install -e {root} && hashbench plugins --kind {args.kind} && pytest {root / 'tests'}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report_html import write_report
+
+    written = write_report(Path(args.results), Path(args.output) if args.output else None)
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each training epoch")
@@ -134,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="override [benchmark] device (auto | cpu | cuda | cuda:N)")
     run.add_argument("--results", help="override [benchmark] results directory")
     run.add_argument("--executor", help="override [benchmark] executor (local | ray)")
+    run.add_argument("--address", help="ray executor: the Ray cluster to join (\"auto\" inside a cluster); default: start Ray here")
     run.add_argument("--only", nargs="+", metavar="PATTERN", help="run only matching stages (kind, key prefix or label glob) and what they need")
     run.add_argument("--force", nargs="+", metavar="PATTERN", help="recompute matching stages even when cached")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -154,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", action="append", help="also write leaderboard.<fmt> (csv, md, json)")
     export.add_argument("--output", help="folder for --format files (default: the results directory)")
     export.set_defaults(func=_cmd_export)
+
+    new = sub.add_parser("new", help="scaffold a plugin package (entry point, Params, README, conformance test)")
+    new.add_argument("kind", choices=("attack", "defense", "method", "dataset"))
+    new.add_argument("name", help="the plugin's name (lower case, digits, '_')")
+    new.add_argument("--output", help="folder to write (default: ./hashbench-NAME)")
+    new.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    new.set_defaults(func=_cmd_new)
+
+    report = sub.add_parser("report", help="write report.md and a self-contained report.html with tables, image grids and plots")
+    report.add_argument("results", help="a results directory")
+    report.add_argument("--output", help="folder for the report (default: the results directory)")
+    report.set_defaults(func=_cmd_report)
 
     from .plugins import get_registry
 

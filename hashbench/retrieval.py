@@ -51,16 +51,75 @@ def _label_pair(query_labels: torch.Tensor, db_labels: torch.Tensor, nq: int, nd
     return (_labels(query_labels, nq, "query_labels", num_classes), _labels(db_labels, ndb, "db_labels", num_classes))
 
 
-def hamming_ranking(query_codes: torch.Tensor, db_codes: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` nearest database items per query, nearest first, ties by database index."""
-    n, bits = db_codes.shape
-    inner = query_codes @ db_codes.T  # bits - 2·hamming
-    hamming = ((bits - inner) * 0.5).round_().long()
-    if k >= n:
-        return torch.sort(hamming, dim=1, stable=True).indices
-    # A unique composite key makes top-k exact: distance first, database index second.
-    key = hamming.mul_(n).add_(torch.arange(n, device=hamming.device))
-    return torch.topk(key, k, dim=1, largest=False, sorted=True).indices
+def _hamming(query_codes: torch.Tensor, db_codes: torch.Tensor) -> torch.Tensor:
+    """Integer Hamming distances (queries × items) from ±1 codes, via one matrix product."""
+    bits = db_codes.shape[1]
+    inner = query_codes @ db_codes.T  # bits - 2·hamming, exact in float32 for any realistic code length
+    return ((bits - inner) * 0.5).round_().to(torch.int64)
+
+
+def _pack_words(codes: torch.Tensor) -> np.ndarray:
+    """±1 codes -> (items, words) uint64 bit-words, so a Hamming distance is XOR + popcount."""
+    packed = np.packbits(codes.cpu().numpy() > 0, axis=1)
+    padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
+def _hamming_words(query_words: np.ndarray, db_words: np.ndarray) -> np.ndarray:
+    distance = np.zeros((query_words.shape[0], db_words.shape[0]), dtype=np.uint8)
+    for w in range(db_words.shape[1]):
+        distance += np.bitwise_count(query_words[:, w, None] ^ db_words[None, :, w])
+    return distance
+
+
+def _label_words(labels: torch.Tensor) -> torch.Tensor:
+    """Multi-hot labels -> (items, words) int64 bitmasks: relevance becomes one AND per word."""
+    n, classes = labels.shape
+    words = -(-classes // 63)  # 63 bits a word keeps every mask a non-negative int64
+    padded = torch.zeros(n, words * 63, dtype=torch.int64, device=labels.device)
+    padded[:, :classes] = (labels > 0).long()
+    weights = torch.pow(2, torch.arange(63, device=labels.device, dtype=torch.int64))
+    return (padded.view(n, words, 63) * weights).sum(dim=2)
+
+
+def _topk_candidates_cpu(hamming: np.ndarray, k: int, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_topk_candidates` for the CPU, in numpy: its stable sort on small integer keys is far faster
+    than torch's on the CPU."""
+    m, n = hamming.shape
+    counts = np.bincount((np.arange(m)[:, None] * bins + hamming).ravel(), minlength=m * bins).reshape(m, bins)
+    cutoff = (np.cumsum(counts, axis=1) < k).sum(axis=1)
+    row, item = np.nonzero(hamming <= cutoff[:, None].astype(hamming.dtype))
+    # nonzero yields (row, index) order; a stable sort on (row, distance) keeps index order within ties
+    order = np.argsort(row * bins + hamming[row, item], kind="stable")
+    row, item = row[order], item[order]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))])
+    rank = np.arange(len(row)) - starts[row]
+    keep = rank < k
+    return torch.from_numpy(row[keep]), torch.from_numpy(item[keep]), torch.from_numpy(rank[keep])
+
+
+def _topk_candidates(hamming: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``k`` items of every row's ranking by (distance, database index), as flat
+    ``(row, item, rank)`` tensors in ranking order.
+
+    Distances are small integers, so a per-row histogram finds the distance d* at which the running count
+    reaches k; only items with distance <= d* (about k per row) are then sorted, instead of the whole row.
+    """
+    m, n = hamming.shape
+    bins = int(hamming.max().item()) + 1 if hamming.numel() else 1
+    rows = torch.arange(m, device=hamming.device).unsqueeze(1)
+    counts = torch.bincount((rows * bins + hamming).flatten(), minlength=m * bins).view(m, bins)
+    cutoff = (counts.cumsum(dim=1) < k).sum(dim=1)  # first distance whose running count reaches k
+    row, item = torch.nonzero(hamming <= cutoff.unsqueeze(1), as_tuple=True)
+    key = (row * bins + hamming[row, item]) * n + item  # row-major, then distance, then index
+    order = torch.argsort(key)
+    row, item = row[order], item[order]
+    starts = torch.zeros(m + 1, dtype=torch.long, device=hamming.device)
+    starts[1:] = torch.bincount(row, minlength=m).cumsum(0)
+    rank = torch.arange(len(row), device=hamming.device) - starts[row]
+    keep = rank < k
+    return row[keep], item[keep], rank[keep]
 
 
 def average_precisions(
@@ -87,14 +146,27 @@ def average_precisions(
     if k == 0:
         raise ValueError("topk must be positive, or -1 / None for the whole database")
     chunk = max(1, memory_budget // max(n, 1))
-    ranks = torch.arange(1, k + 1, device=q.device, dtype=torch.float64)
+    on_cpu = q.device.type == "cpu"
+    db_words = _pack_words(db) if on_cpu else None
+    q_masks, db_masks = _label_words(ql), _label_words(dl)
     out = []
     for start in range(0, q.shape[0], chunk):
-        order = hamming_ranking(q[start : start + chunk], db, k)
-        relevant = (ql[start : start + chunk] @ dl.T > 0).gather(1, order).double()
-        hits = relevant.cumsum(dim=1)
-        num_relevant = relevant.sum(dim=1)
-        ap = (hits / ranks * relevant).sum(dim=1) / num_relevant.clamp(min=1)
+        qc = q[start : start + chunk]
+        m = qc.shape[0]
+        if on_cpu:
+            hamming = _hamming_words(_pack_words(qc), db_words)
+            row, item, rank = _topk_candidates_cpu(hamming, k, q.shape[1] + 1)
+        else:
+            row, item, rank = _topk_candidates(_hamming(qc, db), k)
+        relevant = ((q_masks[start : start + chunk][row] & db_masks[item]) != 0).any(dim=1).double()
+        # hits up to each position = running count of relevant items within the same row
+        running = relevant.cumsum(0)
+        row_start = torch.zeros(m + 1, dtype=torch.float64, device=q.device)
+        row_start[1:] = torch.zeros(m, dtype=torch.float64, device=q.device).index_add_(0, row, relevant).cumsum(0)
+        hits = running - row_start[row]
+        precision_sum = torch.zeros(m, dtype=torch.float64, device=q.device).index_add_(0, row, hits / (rank + 1) * relevant)
+        num_relevant = row_start[1:] - row_start[:-1]
+        ap = precision_sum / num_relevant.clamp(min=1)
         out.append(torch.where(num_relevant > 0, ap, torch.zeros_like(ap)).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
@@ -122,18 +194,19 @@ def targeted_map(
 
 
 def precision_at_k(
-    query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any, k: int, **kwargs: Any
+    query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any, k: int, *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> float:
     """Mean fraction of relevant items among the first ``k`` retrieved (ties by database index)."""
     q = _check_codes(_tensor(query_codes), "query_codes")
     db = _check_codes(_tensor(db_codes), "db_codes")
     ql, dl = _label_pair(_tensor(query_labels), _tensor(db_labels), q.shape[0], db.shape[0])
     k = min(k, db.shape[0])
-    chunk = max(1, kwargs.get("memory_budget", DEFAULT_MEMORY_BUDGET) // max(db.shape[0], 1))
+    chunk = max(1, memory_budget // max(db.shape[0], 1))
     total = 0.0
     for start in range(0, q.shape[0], chunk):
-        order = hamming_ranking(q[start : start + chunk], db, k)
-        total += float((ql[start : start + chunk] @ dl.T > 0).gather(1, order).double().mean(dim=1).sum())
+        row, item, _ = _topk_candidates(_hamming(q[start : start + chunk], db), k)
+        total += float(((ql[start : start + chunk][row] * dl[item]).sum(dim=1) > 0).double().sum()) / k
     return total / max(q.shape[0], 1)
 
 

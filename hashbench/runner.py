@@ -96,6 +96,12 @@ def _victim_parts(identity: dict[str, Any]):
     return method, backbone, identity["bits"], train
 
 
+def victim_generator(config: dict[str, Any]) -> torch.Generator:
+    """The training generator of a victim: a function of its seed and settings only, so the clean and every
+    backdoored or retrained victim of one seed draw the same method state (e.g. CSQ's hash centres)."""
+    return make_generator(config["seed"], "train", canonical_json(config["victim"]))
+
+
 def new_model(victim: dict[str, Any], image_size: int, seed: int) -> HashModel:
     """A freshly initialised victim model; the init depends only on the victim config and seed, so a
     clean and a backdoored victim of one seed start from the same weights."""
@@ -113,6 +119,9 @@ class StageOutcome:
     status: str  # "done", "cached", "failed", "skipped"
     seconds: float = 0.0
     error: str | None = None
+    # Why a cached copy was not used although one existed (a file failing its checksum, or an input that
+    # was rebuilt in this run); executors then recompute the stages downstream of it too.
+    rebuilt: str | None = None
 
 
 class StageRunner:
@@ -122,13 +131,26 @@ class StageRunner:
         self.store = Store(results)
         self.device = resolve_device(device)
         self.say = log_fn or (lambda message: log.info(message))
+        self.verified: set[str] = set()  # ids of stages whose files passed their checksums in this run
 
     def run(self, stage: Stage, force: bool = False) -> StageOutcome:
+        """Compute ``stage`` unless a sound copy is cached.
+
+        The store is checked again under the stage's lock, so two runs sharing a results folder never
+        compute one stage twice. A cached copy is verified against its checksums the first time this
+        runner uses it; one that fails is moved aside and recomputed, and ``rebuilt`` says which file.
+        """
         store = self.store
         with store.lock(stage.kind, stage.key):
-            if not force and store.is_done(stage.kind, stage.key):
-                return StageOutcome(stage.id, "cached")
-            if store.stage_dir(stage.kind, stage.key).exists():
+            exists = store.stage_dir(stage.kind, stage.key).exists()
+            problem = None
+            if exists and not force:
+                problem = self._verify_once(stage.id)
+                if problem is None:
+                    return StageOutcome(stage.id, "cached")
+                self.say(f"{stage.label}: {problem}; recomputing it")
+            self._check_inputs(stage)
+            if exists:
                 store.discard(stage.kind, stage.key)
             started = time.perf_counter()
             if self.device.type == "cuda":
@@ -138,7 +160,26 @@ class StageRunner:
                 STAGE_FUNCTIONS[stage.kind](self, stage, writer)
                 writer.manifest["device"] = str(self.device)
                 writer.manifest["peak_memory_mb"] = peak_memory_mb(self.device)
-            return StageOutcome(stage.id, "done", time.perf_counter() - started)
+            self.verified.add(stage.id)
+            rebuilt = f"its cached copy was rejected: {problem}" if problem else None
+            return StageOutcome(stage.id, "done", time.perf_counter() - started, rebuilt=rebuilt)
+
+    def _verify_once(self, stage_id: str) -> str | None:
+        """What is wrong with a stored stage (None: sound); checksums are read once per runner."""
+        if stage_id in self.verified:
+            return None
+        problem = self.store.verify(*stage_id.split("/"))
+        if problem is None:
+            self.verified.add(stage_id)
+        return problem
+
+    def _check_inputs(self, stage: Stage) -> None:
+        """Refuse to compute from an input that is missing or fails its checksums."""
+        for dep in stage.deps:
+            problem = self._verify_once(dep)
+            if problem is not None:
+                raise StoreError(f"input {dep} of {stage.id} cannot be used ({problem}); "
+                                 "run the benchmark again to recompute it")
 
     # -- helpers shared by stages
     def dep(self, stage: Stage, kind: str) -> tuple[str, str]:
@@ -166,7 +207,7 @@ class StageRunner:
         splits = load_dataset(config["dataset"])
         model = new_model(config["victim"], splits.image_size, config["seed"])
         report = train_hash_model(
-            model, method, train_set, train, self.device, make_generator(config["seed"], "train", what), what=what,
+            model, method, train_set, train, self.device, victim_generator(config), what=what,
             on_epoch=lambda epoch, loss: self.say(f"  {what}: epoch {epoch + 1}/{train.epochs} loss {loss:.4f}"),
         )
         writer.manifest["logs"]["epoch_losses"] = report.epoch_losses
@@ -348,8 +389,10 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     def train_fn(model: HashModel, image_set: ImageSet, epochs: int | None = None, lr: float | None = None, **overrides):
         cfg = replace(train_config, **{k: v for k, v in {"epochs": epochs, "lr": lr, **overrides}.items() if v is not None})
         fresh_method = instantiate("method", config["victim"]["method"])
-        return train_hash_model(model, fresh_method, image_set, cfg, runner.device,
-                                make_generator(config["seed"], "defense-train", defense.name), what=f"defense {defense.name}")
+        # The victim's own generator: methods draw their state from it in setup (CSQ's random hash centres),
+        # so a repair fine-tunes towards the same targets the victim was trained with.
+        generator = victim_generator(config)
+        return train_hash_model(model, fresh_method, image_set, cfg, runner.device, generator, what=f"defense {defense.name}")
 
     ctx = DefenseContext(
         model=copy.deepcopy(runner.load_model("victim", victim_key)),
@@ -367,7 +410,11 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     metrics = writer.manifest["metrics"]
     metrics["defense_clean_samples"] = len(ctx.clean_set)
     started = time.perf_counter()
-    if isinstance(defense, InputDetector):
+    if isinstance(defense, InputPurifier):
+        # purifiers act at evaluation time; purify the queries here once so their cost is measured too
+        defense.purify(splits.query.all_images())
+        metrics["defense_images"] = len(splits.query)
+    elif isinstance(defense, InputDetector):
         defense.fit(ctx)
         clean_scores = _scores(defense, ctx.clean_set.all_images(), ctx)
         query_scores = _scores(defense, splits.query.all_images(), ctx)
@@ -386,6 +433,7 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     elif isinstance(defense, ModelRepair):
         result = defense.repair(ctx)
         metrics.update(result.report)
+        writer.manifest["report_keys"] = sorted(result.report)  # run_evaluate copies these into the row
         if result.flagged_labels is not None:
             target = resolve_target(runner.store.manifest("attack", attack_key)["config"]["target"], splits)
             metrics["flagged_labels"] = list(result.flagged_labels)
@@ -394,13 +442,17 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
         runner.save_model(writer, result.model, splits)
     elif isinstance(defense, DataFilter):
         result = defense.filter(ctx)
-        if result.scores.shape != (len(train),) or result.keep.shape != (len(train),):
-            raise PluginError(f"defense '{defense.name}'.filter must return one score and one keep flag per training sample")
+        if result.scores.shape != (len(train),) or result.keep.shape != (len(train),) or result.keep.dtype != torch.bool:
+            raise PluginError(f"defense '{defense.name}'.filter must return one score and one bool keep flag per training sample")
+        result = replace(result, scores=result.scores.detach().double().cpu(), keep=result.keep.cpu())
+        filter_seconds = time.perf_counter() - started
         is_poison = torch.zeros(len(train), dtype=torch.bool)
         is_poison[poisoned] = True
         removed = ~result.keep
         metrics.update(result.report)
+        writer.manifest["report_keys"] = sorted(result.report)
         metrics.update(
+            defense_filter_seconds=filter_seconds,
             detection_auroc=auroc(result.scores[~is_poison], result.scores[is_poison]),
             detection_tpr_at_5fpr=tpr_at_fpr(result.scores[~is_poison], result.scores[is_poison], 0.05),
             removed_poison_fraction=float(removed[is_poison].double().mean()) if len(poisoned) else 0.0,

@@ -55,6 +55,8 @@ def _explain_os_error(exc: OSError, path: Path) -> StoreError:
         return StoreError(f"the disk holding {path} is full; free space and run again (finished stages are kept)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(f"cannot write to {path} (permission denied); choose another `results` directory")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return StoreError(f"cannot write to {path}: part of that path is a file, not a folder; choose another `results` directory")
     return StoreError(f"cannot write to {path}: {exc}")
 
 
@@ -138,7 +140,7 @@ class Store:
         """Move a broken stage aside (kept for inspection) so it is recomputed."""
         folder = self.stage_dir(kind, key)
         if folder.exists():
-            folder.rename(folder.with_name(f".broken-{key}-{int(time.time())}"))
+            folder.rename(folder.with_name(f".broken-{key}-{int(time.time())}-{uuid.uuid4().hex[:6]}"))
 
     def finished_stages(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         folder = self.root / "stages" / kind

@@ -49,8 +49,9 @@ def build_model(backbone: Backbone, bits: int, image_size: int) -> HashModel:
     return HashModel(module, feature_dim, bits)
 
 
-def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(model: torch.nn.Module, method: HashMethod, config: TrainConfig) -> torch.optim.Optimizer:
+    """One optimiser over the model's trainable parameters and those the method owns."""
+    params = [p for p in model.parameters() if p.requires_grad] + list(method.parameters())
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -74,7 +75,7 @@ def train_hash_model(
     fmt = memory_format(device)
     model.to(device=device, memory_format=fmt).train()
     method.setup(MethodSetup(train_set.labels.to(device), model.bits, device, generator))
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer(model, method, config)
     pin = device.type == "cuda"
     report = TrainReport()
     started = time.perf_counter()

@@ -156,6 +156,7 @@ class Synthetic(Dataset):
 
     name = "synthetic"
     Params = SyntheticParams
+    testing_params = {"num_classes": 4, "train_per_class": 5, "query_per_class": 3, "database_per_class": 10}
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         p = self.params

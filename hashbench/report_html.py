@@ -1,0 +1,519 @@
+"""``hashbench report DIR``: a Markdown and a self-contained HTML report of a results directory.
+
+The report is meant for a paper's appendix: the summary tables (mean ± std over seeds), per attack an
+image grid of clean / poisoned / amplified residual for poisoned training images and for triggered
+queries, a t-MAP vs stealth scatter, t-MAP vs poison rate when the grid has several rates, the metric
+conventions (docs/metrics.md) and the versions that produced the numbers. ``report.html`` embeds every
+image as a base64 data URI; ``report.md`` links PNG files written next to it in ``report_files/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import METRIC_CONVENTIONS_VERSION, __version__
+from .errors import ConfigError, HashbenchError
+from .params import describe_params
+from .plan import canonical_json
+from .plugins import get_registry
+from .report import SUMMARY_COLUMNS, collect_rows, leaderboard
+from .runner import load_dataset
+from .stealth import psnr
+from .store import Store
+
+GRID_SAMPLES = 8  # images per grid
+RESIDUAL_GAIN = 10  # residuals are |poisoned − clean| × 10, clipped
+METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+STEALTH_AXES = {"poison_psnr": "PSNR of poisons (dB, higher = stealthier)",
+                "poison_lpips": "LPIPS of poisons (lower = stealthier)"}
+
+
+@dataclass
+class Figure:
+    """One picture of the report: a PNG, its title and a caption saying what is shown."""
+
+    slug: str
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Report:
+    """Everything the two renderers show, computed once."""
+
+    title: str
+    tables: list[Table]
+    grids: list[Figure]
+    plots: list[Figure]
+    conventions: str
+    versions: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def _fmt(mean: Any, std: Any, seeds: int) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    text = f"{mean:.3f}" if abs(mean) < 100 else f"{mean:.1f}"
+    if seeds > 1 and std is not None and not pd.isna(std):
+        text += f" ± {std:.3f}" if abs(std) < 100 else f" ± {std:.1f}"
+    return text
+
+
+def summary_tables(board: pd.DataFrame) -> list[Table]:
+    """One table per (dataset, method, backbone, bits): attack × defense rows, mean ± std over seeds."""
+    tables = []
+    board = board.assign(_attacked=board["attack"] != "(clean)", _defended=board["defense"] != "none").sort_values(
+        ["_attacked", "attack", "attack_params", "poison_rate", "_defended", "defense", "defense_params"], kind="stable")
+    for (dataset, method, backbone, bits), part in board.groupby(["dataset", "method", "backbone", "bits"], sort=False):
+        metrics = [c for c in SUMMARY_COLUMNS if f"{c}_mean" in part and part[f"{c}_mean"].notna().any()]
+        headers = ["attack", "attack parameters", "rate", "defense", "seeds"] + [SUMMARY_COLUMNS[c] for c in metrics]
+        rows = []
+        for _, r in part.iterrows():
+            seeds = int(r["seeds"])
+            clean = r["attack"] == "(clean)"
+            rows.append(
+                [r["attack"], _short_params(r.get("attack_params", ""), "attack", r["attack"]), "–" if clean else f"{float(r['poison_rate']):g}",
+                 _defense_label(r), str(seeds)]
+                + [_fmt(r[f"{c}_mean"], r.get(f"{c}_std"), seeds) for c in metrics]
+            )
+        tables.append(Table(f"{dataset} · {method} · {backbone} · {bits} bits", headers, rows))
+    return tables
+
+
+def _short_params(text: Any, kind: str = "", name: str = "") -> str:
+    """Canonical JSON params as ``k=v, ...``, leaving out values equal to the plugin's defaults (so a
+    table shows what was varied); empty when nothing differs."""
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if not isinstance(values, dict):
+        return text
+    defaults = _defaults(kind, name)
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in defaults or defaults[k] != v)
+
+
+def _defaults(kind: str, name: str) -> dict[str, Any]:
+    """The default parameter values of a registered plugin; {} when it is not installed here."""
+    try:
+        cls = get_registry().get(kind, name)
+    except HashbenchError:
+        return {}
+    return {p["name"]: p["default"] for p in describe_params(cls.Params)}
+
+
+def _defense_label(row: pd.Series) -> str:
+    params = _short_params(row.get("defense_params", ""), "defense", row["defense"])
+    return f"{row['defense']} ({params})" if params else str(row["defense"])
+
+
+# ----------------------------------------------------------------------------------- image grids
+
+
+@dataclass
+class AttackSamples:
+    """Clean and attacked versions of a few images of one attack configuration."""
+
+    label: str
+    what: str  # "poisoned training images" or "triggered queries"
+    clean: torch.Tensor  # (n, 3, H, W) uint8
+    attacked: torch.Tensor
+
+
+def _poison_manifests(store: Store) -> dict[str, tuple[str, dict, dict]]:
+    """Per attack configuration (attack + dataset identity): the lowest-seed attack stage and its
+    highest-rate poison stage, as ``{label: (attack key, attack manifest, poison key)}``."""
+    chosen: dict[str, tuple[Any, ...]] = {}
+    for poison_key, poison in store.finished_stages("poison"):
+        attack_key = next(d.split("/")[1] for d in poison["config"]["deps"] if d.startswith("attack/"))
+        attack = store.manifest("attack", attack_key)
+        if not attack or attack.get("corrupt"):
+            continue
+        config = attack["config"]
+        ident = canonical_json([config["attack"], config["dataset"]])
+        rank = (config["seed"], -poison["config"]["poison_rate"])
+        if ident not in chosen or rank < chosen[ident][0]:
+            chosen[ident] = (rank, attack_key, attack, poison_key, poison["config"]["poison_rate"])
+    return {_attack_label(v[2]["config"], v[4]): (v[1], v[2], v[3]) for v in chosen.values()}
+
+
+def _attack_label(config: dict, rate: float) -> str:
+    params = _short_params(canonical_json(config["attack"]["params"]), "attack", config["attack"]["name"])
+    return f"{config['attack']['name']}" + (f" ({params})" if params else "") + \
+        f" on {config['dataset']['name']}, poison rate {rate:g}, seed {config['seed']}"
+
+
+def attack_samples(store: Store, count: int = GRID_SAMPLES) -> list[AttackSamples]:
+    """For each attack configuration, the first ``count`` poisons and triggered queries beside their originals."""
+    out = []
+    for label, (attack_key, attack, poison_key) in sorted(_poison_manifests(store).items()):
+        splits = load_dataset(attack["config"]["dataset"])
+        poisons = store.load("poison", poison_key, "poisoning.pt")
+        idx = poisons["indices"][:count]
+        out.append(AttackSamples(label, "poisoned training images", splits.train.images(idx), poisons["images"][:count]))
+        triggered = store.load("attack", attack_key, "triggered_queries.pt")
+        pick = _spread(len(triggered["indices"]), count)
+        out.append(AttackSamples(label, "triggered queries", splits.query.images(triggered["indices"][pick]),
+                                 triggered["images"][pick]))
+    return out
+
+
+def _spread(n: int, count: int) -> torch.Tensor:
+    """``count`` positions spread evenly over ``n`` (queries are sorted by class; show several classes)."""
+    return torch.linspace(0, max(n - 1, 0), min(n, count)).round().long().unique()
+
+
+def grid_figure(samples: AttackSamples, slug: str) -> Figure:
+    """Rows clean / attacked / residual × RESIDUAL_GAIN; each column titled with its PSNR."""
+    import matplotlib.pyplot as plt
+
+    clean, attacked = samples.clean, samples.attacked
+    residual = ((attacked.int() - clean.int()).abs() * RESIDUAL_GAIN).clamp(0, 255).to(torch.uint8)
+    values = psnr(clean, attacked) if len(clean) else torch.zeros(0)
+    n = max(len(clean), 1)
+    fig, axes = plt.subplots(3, n, figsize=(1.25 * n + 0.9, 4.1), squeeze=False)
+    rows = [("clean", clean), (samples.what.split()[0], attacked), (f"residual ×{RESIDUAL_GAIN}", residual)]
+    for r, (name, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                ax.imshow(images[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if r == 1 and c < len(values):
+                ax.set_title(f"{float(values[c]):.1f} dB", fontsize=7, pad=2)
+    fig.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.2)
+    caption = (f"{samples.what.capitalize()} of {samples.label}. Top: the clean image; middle: as stored (uint8), "
+               f"titled with its PSNR; bottom: |attacked − clean| × {RESIDUAL_GAIN}, clipped.")
+    return Figure(slug, f"{samples.label}: {samples.what}", caption, _png(fig))
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------- plots
+
+
+def _attacked_undefended(board: pd.DataFrame) -> pd.DataFrame:
+    if board.empty or "t_map_mean" not in board:
+        return board.iloc[0:0]
+    return board[(board["attack"] != "(clean)") & (board["defense"] == "none")]
+
+
+def _series_label(row: pd.Series) -> str:
+    params = _short_params(row.get("attack_params", ""), "attack", row["attack"])
+    return row["attack"] + (f" ({params})" if params else "")
+
+
+def _victim_label(row: pd.Series) -> str:
+    return f"{row['dataset']} · {row['method']} · {row['backbone']} · {row['bits']} bits"
+
+
+def stealth_scatter(board: pd.DataFrame) -> Figure | None:
+    """t-MAP (undefended) against each stealth metric that has values: one point per configuration."""
+    import matplotlib.pyplot as plt
+
+    rows = _attacked_undefended(board)
+    axes_used = [m for m in STEALTH_AXES if f"{m}_mean" in rows and rows[f"{m}_mean"].notna().any()]
+    if rows.empty or not axes_used:
+        return None
+    fig, axes = plt.subplots(1, len(axes_used), figsize=(5.2 * len(axes_used), 3.8), squeeze=False)
+    colours = _colour_map(rows)
+    markers = dict(zip(sorted({_victim_label(r) for _, r in rows.iterrows()}), "osD^vP*X"))
+    for ax, metric in zip(axes[0], axes_used):
+        for _, r in rows.iterrows():
+            ax.errorbar(r[f"{metric}_mean"], r["t_map_mean"], yerr=_std(r, "t_map"), xerr=_std(r, metric),
+                        fmt=markers[_victim_label(r)], color=colours[_series_label(r)], ms=6, capsize=2)
+            ax.annotate(f"{float(r['poison_rate']):g}", (r[f"{metric}_mean"], r["t_map_mean"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel(STEALTH_AXES[metric])
+        ax.set_ylabel("t-MAP (undefended)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    _legend(fig, colours, markers)
+    caption = ("Attack strength against stealth, undefended victims: each point is one configuration (mean over seeds, "
+               "bars: std), annotated with its poison rate. Stealth is measured between each poisoned training "
+               "image and its clean original, as stored.")
+    return Figure("tmap-vs-stealth", "t-MAP vs stealth", caption, _png(fig))
+
+
+def rate_plot(board: pd.DataFrame) -> Figure | None:
+    """t-MAP (undefended) against poison rate, one line per attack configuration and victim; None unless
+    some configuration was run at several rates."""
+    import matplotlib.pyplot as plt
+
+    rows = _attacked_undefended(board)
+    if rows.empty or rows.groupby(["attack", "attack_params"])["poison_rate"].nunique().max() < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    colours = _colour_map(rows)
+    markers = dict(zip(sorted({_victim_label(r) for _, r in rows.iterrows()}), "osD^vP*X"))
+    for (series, victim), part in rows.groupby([rows.apply(_series_label, axis=1), rows.apply(_victim_label, axis=1)]):
+        part = part.assign(rate=part["poison_rate"].astype(float)).sort_values("rate")
+        ax.errorbar(part["rate"], part["t_map_mean"], yerr=part.get("t_map_std"), fmt=f"-{markers[victim]}",
+                    color=colours[series], ms=5, capsize=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("poison rate (fraction of the training set)")
+    ax.set_ylabel("t-MAP (undefended)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3, which="both")
+    _legend(fig, colours, markers)
+    caption = "t-MAP of undefended victims as the poison rate grows (mean over seeds, bars: std)."
+    return Figure("tmap-vs-rate", "t-MAP vs poison rate", caption, _png(fig))
+
+
+def _std(row: pd.Series, metric: str) -> float | None:
+    value = row.get(f"{metric}_std")
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _colour_map(rows: pd.DataFrame) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    names = sorted({_series_label(r) for _, r in rows.iterrows()})
+    palette = plt.get_cmap("tab10")
+    return {name: palette(i % 10) for i, name in enumerate(names)}
+
+
+def _legend(fig, colours: dict[str, Any], markers: dict[str, str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", ls="", label=n) for n, c in colours.items()]
+    if len(markers) > 1:
+        handles += [Line2D([], [], color="grey", marker=m, ls="", label=n) for n, m in markers.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.045 * ((len(handles) - 1) // 3)))
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * ((len(handles) - 1) // 3), 1, 1))
+
+
+# ----------------------------------------------------------------------------------- versions
+
+
+def versions(store: Store, frame: pd.DataFrame) -> dict[str, str]:
+    """What produced the numbers (from the stage manifests) and what drew the report."""
+    import matplotlib
+
+    seen: dict[str, set[str]] = {"hashbench (runs)": set(), "torch": set(), "python": set(), "git commit": set(),
+                                 "device": set()}
+    for kind in ("clean_victim", "attack", "poison", "victim", "defend", "evaluate"):
+        for _, m in store.finished_stages(kind):
+            for key, name in (("hashbench_version", "hashbench (runs)"), ("torch_version", "torch"),
+                              ("python", "python"), ("git_commit", "git commit"), ("device", "device")):
+                if m.get(key):
+                    seen[name].add(str(m[key]))
+    out = {name: ", ".join(sorted(values)) or "–" for name, values in seen.items()}
+    conventions = sorted(set(frame["metric_conventions"].astype(str))) if "metric_conventions" in frame else []
+    out["metric conventions (results)"] = ", ".join(conventions) or "–"
+    out["metric conventions (this hashbench)"] = METRIC_CONVENTIONS_VERSION
+    out["report drawn by"] = (f"hashbench {__version__}, matplotlib {matplotlib.__version__}, pandas {pd.__version__}, "
+                              f"python {platform.python_version()}")
+    out["report date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return out
+
+
+# ----------------------------------------------------------------------------------- building
+
+
+def build_report(results: Path) -> Report:
+    """Collect tables, grids, plots, conventions and versions of a results directory."""
+    store = Store(results)
+    if not (results / "stages").is_dir():
+        raise ConfigError(f"{results} holds no hashbench results (no stages/ folder); run a benchmark first")
+    frame = collect_rows(results)
+    if frame.empty:
+        raise ConfigError(f"{results} has no finished evaluations yet; run the benchmark to the end first")
+    board = leaderboard(frame)
+    grids = [grid_figure(s, f"grid-{i}") for i, s in enumerate(attack_samples(store))]
+    plots = [f for f in (stealth_scatter(board), rate_plot(board)) if f is not None]
+    notes = []
+    if "poison_lpips_mean" not in board or board["poison_lpips_mean"].isna().all():
+        notes.append("LPIPS is missing from these results (AlexNet weights unavailable offline); "
+                     "the stealth scatter uses PSNR only.")
+    conventions = METRICS_DOC.read_text() if METRICS_DOC.is_file() else (
+        f"See docs/metrics.md of hashbench {__version__} (metric conventions version {METRIC_CONVENTIONS_VERSION}).")
+    return Report(f"hashbench report: {results.resolve().name}", summary_tables(board), grids, plots,
+                  conventions, versions(store, frame), notes)
+
+
+def write_report(results: Path, output: Path | None = None) -> list[Path]:
+    """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html``; return their paths."""
+    report = build_report(Path(results))
+    folder = Path(output) if output is not None else Path(results)
+    files = folder / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    for figure in report.grids + report.plots:
+        (files / f"{figure.slug}.png").write_bytes(figure.png)
+    md_path, html_path = folder / "report.md", folder / "report.html"
+    md_path.write_text(render_markdown(report, "report_files"))
+    html_path.write_text(render_html(report))
+    return [md_path, html_path]
+
+
+# ----------------------------------------------------------------------------------- Markdown
+
+
+def render_markdown(report: Report, files: str) -> str:
+    from tabulate import tabulate
+
+    out = [f"# {report.title}", ""]
+    out += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    out += ["## Results", ""]
+    for table in report.tables:
+        out += [f"### {table.title}", "", tabulate(table.rows, headers=table.headers, tablefmt="github"), ""]
+    for heading, figures in (("Plots", report.plots), ("Image grids", report.grids)):
+        if figures:
+            out += [f"## {heading}", ""]
+        for f in figures:
+            out += [f"### {f.title}", "", f"![{f.title}]({files}/{f.slug}.png)", "", f"*{f.caption}*", ""]
+    out += ["## Versions", "", tabulate(list(report.versions.items()), headers=["", "version"], tablefmt="github"), ""]
+    out += [_demote_headings(report.conventions), ""]
+    return "\n".join(out)
+
+
+def _drop_title(markdown: str) -> str:
+    """The document without its top-level title (the report's section heading replaces it)."""
+    return re.sub(r"\A# .*\n", "", markdown)
+
+
+def _demote_headings(markdown: str) -> str:
+    """Nest a document's headings one level under the report's sections."""
+    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", markdown, flags=re.M)
+
+
+# ----------------------------------------------------------------------------------- HTML
+
+CSS = """
+body { font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f; max-width: 1400px;
+       margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.7em; border-bottom: 2px solid #333; padding-bottom: .2em; }
+h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+h3 { font-size: 1.05em; margin: 1.4em 0 .4em; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 12px; margin: .4em 0 1.2em; font-variant-numeric: tabular-nums; }
+th, td { padding: 3px 9px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
+th { border-bottom: 2px solid #555; background: #f6f6f6; }
+td:nth-child(-n+4), th:nth-child(-n+4) { text-align: left; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; } .grid img { max-height: 300px; }
+figcaption { font-size: 13px; color: #444; max-width: 60em; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; font-size: 14px; }
+.conventions { font-size: 14px; } code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; }
+nav { font-size: 14px; } nav a { margin-right: 1em; }
+"""
+
+
+def render_html(report: Report) -> str:
+    e = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(report.title)}</title>",
+             f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>",
+             "<nav><a href='#results'>Results</a><a href='#plots'>Plots</a><a href='#grids'>Image grids</a>"
+             "<a href='#versions'>Versions</a><a href='#conventions'>Metric conventions</a></nav>"]
+    parts += [f"<p class='note'>{e(note)}</p>" for note in report.notes]
+    parts.append("<h2 id='results'>Results</h2>")
+    for table in report.tables:
+        parts.append(f"<h3>{e(table.title)}</h3>{_html_table(table.headers, table.rows)}")
+    parts.append("<h2 id='plots'>Plots</h2>")
+    parts += [_html_figure(f, "plot") for f in report.plots] or ["<p>No attacked rows to plot.</p>"]
+    parts.append("<h2 id='grids'>Image grids</h2>")
+    parts += [_html_figure(f, "grid") for f in report.grids] or ["<p>No poisoned sets in these results.</p>"]
+    parts.append(f"<h2 id='versions'>Versions</h2>{_html_table(['', 'version'], [list(v) for v in report.versions.items()])}")
+    parts.append(f"<h2 id='conventions'>Metric conventions</h2><div class='conventions'>"
+                 f"{markdown_to_html(_demote_headings(_drop_title(report.conventions)))}</div></body></html>")
+    return "\n".join(parts)
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def _html_figure(figure: Figure, css_class: str) -> str:
+    data = base64.b64encode(figure.png).decode()
+    return (f"<figure class='{css_class}'><h3>{html.escape(figure.title)}</h3>"
+            f"<img alt='{html.escape(figure.title)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"(?<![\w*])\*([^*]+)\*(?!\w)", r"<em>\1</em>", text)
+
+
+def markdown_to_html(markdown: str) -> str:
+    """The Markdown subset of docs/metrics.md: headings, nested bullet lists and paragraphs."""
+    out: list[str] = []
+    depth = 0  # open <ul> levels
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+            paragraph.clear()
+
+    for line in markdown.splitlines():
+        bullet = re.match(r"^( *)- (.*)", line)
+        heading = re.match(r"^(#{1,6}) (.*)", line)
+        if bullet:
+            flush()
+            level = len(bullet.group(1)) // 2 + 1
+            while depth < level:
+                out.append("<ul>")
+                depth += 1
+            while depth > level:
+                out.append("</ul>")
+                depth -= 1
+            out.append(f"<li>{_inline(bullet.group(2))}")
+        elif line.startswith("  ") and depth and line.strip():
+            out[-1] += " " + _inline(line.strip())
+        else:
+            while depth:
+                out.append("</ul>")
+                depth -= 1
+            if heading:
+                flush()
+                out.append(f"<h{len(heading.group(1))}>{_inline(heading.group(2))}</h{len(heading.group(1))}>")
+            elif line.strip():
+                paragraph.append(line.strip())
+            else:
+                flush()
+    flush()
+    out += ["</ul>"] * depth
+    return "\n".join(out)

@@ -1,0 +1,204 @@
+"""BadHash: LabCLN, the generator, the clean-label contract, the confusing label, determinism, and the
+end-to-end lift of t-MAP on the synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import benchmark_text
+from hashbench import AttackContext, PluginError, Target
+from hashbench.models import freeze
+from hashbench.runner import instantiate
+from hashbench.seeding import make_generator
+from hashbench.training import build_model
+from hashbench_plugins.attacks._badhash_nets import Discriminator, Generator, LabCLN, ssim_loss
+from hashbench_plugins.attacks.badhash import BadHash, BadHashParams, choose_confusing_label, train_labcln
+
+CPU = torch.device("cpu")
+# Small enough for a few seconds of CPU per prepare(); the attack's quality is tested end to end below.
+FAST = BadHashParams(epochs=1, epochs_decay=0, batch_size=64, width=4, disc_width=4, res_blocks=1, labcln_steps=10)
+
+
+def _target(index: int, num_classes: int = 10) -> Target:
+    labels = torch.zeros(num_classes)
+    labels[index] = 1
+    return Target(labels, f"class_{index}")
+
+
+@pytest.fixture(scope="module")
+def surrogate(tiny_splits):
+    """An untrained but frozen surrogate: the unit tests check mechanics, not attack strength."""
+    torch.manual_seed(0)
+    return freeze(build_model(instantiate("backbone", {"name": "convnet", "params": {"width": 4}}), 16, tiny_splits.image_size))
+
+
+def _context(splits, surrogate, tmp_path: Path, rate: float = 0.05, seed: int = 0, target: int = 0, logs=None) -> AttackContext:
+    def log(**metrics):
+        for name, value in metrics.items():
+            (logs if logs is not None else {}).setdefault(name, []).append(value)
+
+    return AttackContext(splits=splits, target=_target(target), poison_rate=rate, device=CPU, seed=seed,
+                         generator=make_generator(seed, "attack"), artifact_dir=tmp_path,
+                         surrogate_loader=lambda: surrogate, log=log)
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_splits, surrogate, tmp_path_factory):
+    """One prepared attack (FAST parameters) and what it logged."""
+    logs: dict[str, list[float]] = {}
+    attack = BadHash(FAST)
+    attack.prepare(_context(tiny_splits, surrogate, tmp_path_factory.mktemp("prepared"), logs=logs))
+    return attack, logs
+
+
+# ----------------------------------------------------------------------------------- LabCLN
+
+
+def test_labcln_loss_decreases_and_codes_of_different_labels_differ():
+    params = dataclasses.replace(BadHashParams(), labcln_steps=30)
+    net, losses = train_labcln(torch.eye(10), 16, params, CPU, torch.Generator().manual_seed(0))
+    assert len(losses) == 10
+    assert losses[-1] < losses[0] - 0.1
+    with torch.no_grad():
+        codes = torch.sign(net(torch.eye(10))[1])
+    assert len(torch.unique(codes, dim=0)) == 10
+
+
+# ----------------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize("size", [8, 32, 40, 48, 64])
+@pytest.mark.parametrize("identity_skip", [True, False])
+def test_generator_keeps_shape_and_range_at_any_size(size, identity_skip):
+    torch.manual_seed(0)
+    generator = Generator(size, 4, 2, identity_skip)
+    images = torch.rand(3, 3, size, size)
+    out = generator(images, torch.randn(1, 512))
+    assert out.shape == images.shape
+    assert out.min() >= 0 and out.max() <= 1
+    if identity_skip:  # the generator starts within a few grey levels of the identity
+        assert (out - images).abs().max() < 4 / 255
+    assert Discriminator(size, 10, 4)(out).shape == (3, 11)
+
+
+def test_generator_runs_on_images_of_another_size_than_it_was_built_for():
+    out = Generator(32, 4, 1, True)(torch.rand(2, 3, 24, 24), torch.randn(1, 512))
+    assert out.shape == (2, 3, 24, 24)
+
+
+def test_ssim_loss_is_zero_for_identical_images_and_grows_with_noise():
+    x = torch.rand(2, 3, 32, 32)
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(ssim_loss(x, (x + 0.1 * torch.randn_like(x)).clamp(0, 1))) > 0.05
+
+
+# ----------------------------------------------------------------------------------- the attack's contract
+
+
+def test_poisons_are_target_class_images_with_unchanged_labels(prepared, tiny_splits, surrogate, tmp_path):
+    attack, _ = prepared
+    ctx = _context(tiny_splits, surrogate, tmp_path, rate=0.05)
+    poisoning = attack.poison(ctx)
+    train = tiny_splits.train
+    assert len(poisoning.indices) == round(0.05 * len(train))
+    assert len(torch.unique(poisoning.indices)) == len(poisoning.indices)
+    assert bool((train.labels[poisoning.indices, 0] == 1).all())
+    assert torch.equal(poisoning.labels, train.labels[poisoning.indices])
+    assert poisoning.images.dtype == torch.uint8 and poisoning.images.shape == (50, 3, 32, 32)
+    assert (tmp_path / "badhash_poisons.png").is_file()
+
+
+def test_poison_rate_beyond_the_target_class_is_an_error(prepared, tiny_splits, surrogate, tmp_path):
+    attack, _ = prepared
+    with pytest.raises(PluginError, match="target-class"):
+        attack.poison(_context(tiny_splits, surrogate, tmp_path, rate=0.2))
+
+
+def test_trigger_returns_uint8_images_of_the_same_shape(prepared, tiny_splits, surrogate, tmp_path):
+    attack, _ = prepared
+    queries = tiny_splits.query.images(torch.arange(5))
+    out = attack.trigger(queries, _context(tiny_splits, surrogate, tmp_path))
+    assert out.dtype == torch.uint8 and out.shape == queries.shape
+
+
+def test_the_run_records_its_losses_and_which_reconstruction_term_it_used(prepared):
+    _, logs = prepared
+    for key in ("g_loss", "d_loss", "hash_loss", "rec_loss", "adv_loss"):
+        assert len(logs[key]) == FAST.epochs + FAST.epochs_decay
+    assert logs["lpips_in_loss"][0] in (0.0, 1.0)
+    assert logs["generator_images_per_second"][0] > 0
+    assert len(logs["labcln_loss"]) == 10
+
+
+# ----------------------------------------------------------------------------------- the confusing label
+
+
+def test_confusing_label_rule_never_picks_a_target_class():
+    labcln = LabCLN(10, 16).eval()
+    anchor = torch.ones(1, 16)
+    for target in range(10):
+        assert choose_confusing_label(-1, labcln, anchor, _target(target)) != target
+    assert choose_confusing_label(3, labcln, anchor, _target(0)) == 3
+    with pytest.raises(PluginError, match="target class"):
+        choose_confusing_label(0, labcln, anchor, _target(0))
+    with pytest.raises(PluginError, match="not a class"):
+        choose_confusing_label(10, labcln, anchor, _target(0))
+
+
+def test_confusing_label_is_the_same_in_training_and_in_the_restored_trigger(prepared, tiny_splits, surrogate, tmp_path):
+    attack, logs = prepared
+    state = attack.state_dict()
+    assert int(state["confusing_label"]) == int(logs["confusing_label"][0]) != 0
+    restored = BadHash(FAST)
+    restored.load_state_dict(state)
+    assert restored.condition.label == attack.condition.label
+    assert torch.equal(restored.condition.feature, attack.condition.feature)
+    queries = tiny_splits.query.images(torch.arange(20))
+    ctx = _context(tiny_splits, surrogate, tmp_path)
+    assert torch.equal(restored.trigger(queries, ctx), attack.trigger(queries, ctx))
+
+
+def test_an_explicit_target_confusing_label_fails_before_training(tiny_splits, surrogate, tmp_path):
+    with pytest.raises(PluginError, match="target class"):
+        BadHash(dataclasses.replace(FAST, confusing_label=0)).prepare(_context(tiny_splits, surrogate, tmp_path))
+
+
+# ----------------------------------------------------------------------------------- determinism
+
+
+def test_two_runs_with_one_seed_give_identical_poisons(prepared, tiny_splits, surrogate, tmp_path):
+    first, _ = prepared
+    second = BadHash(FAST)
+    second.prepare(_context(tiny_splits, surrogate, tmp_path / "b"))
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pa = first.poison(_context(tiny_splits, surrogate, tmp_path / "a"))
+    pb = second.poison(_context(tiny_splits, surrogate, tmp_path / "b"))
+    assert torch.equal(pa.indices, pb.indices) and torch.equal(pa.images, pb.images)
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="defaults not yet tuned to reach the lift at CPU test scale: with "
+                   "lr 1e-3 and hash_weight 100 the poisons reach only ~23 dB and t-MAP 0.09 vs 0.16 untriggered "
+                   "(see docs/attacks/badhash.md, Status)")
+def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
+    text = benchmark_text(
+        tmp_path / "results",
+        attacks='[[attack]]\nname = "badhash"\npoison_rate = 0.1\n\n[[attack]]\nname = "badnets"\npoison_rate = 0.1',
+    )
+    result, frame = run_benchmark(text)
+    assert not result.failures
+    badhash = frame[frame.attack == "badhash"].iloc[0]
+    badnets = frame[frame.attack == "badnets"].iloc[0]
+    assert badhash.poison_count == 100
+    assert badhash.t_map > badhash.t_map_clean_model + 0.2
+    assert badhash.t_map > badhash.t_map_untriggered + 0.2
+    assert badhash.poison_psnr > badnets.poison_psnr + 5
+    assert badhash.poison_ssim > badnets.poison_ssim + 0.05

@@ -1,0 +1,289 @@
+"""Every registered plugin passes hashbench.testing, the kit catches broken plugins, and a plugin object
+registered in a test reaches every hook (simonw/llm style: register, use, unregister)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import hashbench
+from hashbench import testing
+from hashbench.plugins import Registry, get_registry, make_manager, reset_registry
+
+CHECKS = {
+    "attack": testing.check_attack,
+    "defense": testing.check_defense,
+    "method": testing.check_method,
+    "backbone": testing.check_backbone,
+    "dataset": testing.check_dataset,
+}
+# Too slow at their default parameters for the default suite: they run there once they declare
+# `testing_params` (see hashbench/testing.py), and with -m slow until then.
+HEAVY = {("attack", "badhash"), ("attack", "issba"), ("attack", "ciba"), ("defense", "neural_cleanse"), ("defense", "nad"),
+         ("backbone", "resnet50")}
+
+
+def _cases():
+    registry = get_registry()
+    for kind in CHECKS:
+        for name in registry.names(kind):
+            declared = hasattr(registry.get(kind, name), "testing_params")
+            slow = (kind, name) in HEAVY and not declared
+            yield pytest.param(kind, name, marks=[pytest.mark.slow] if slow else [], id=f"{kind}-{name}")
+
+
+@pytest.mark.parametrize("kind,name", list(_cases()))
+def test_registered_plugin_honours_its_contract(kind, name):
+    cls = get_registry().get(kind, name)
+    CHECKS[kind](cls)
+
+
+# ----------------------------------------------------------------------------------- the kit catches bugs
+
+
+@dataclass(frozen=True)
+class _Params:
+    strength: float = hashbench.param(0.1, "pattern amplitude")
+
+
+class _GoodAttack(hashbench.Attack):
+    """A fixed additive pattern, poison-label."""
+
+    name = "good"
+    Params = _Params
+
+    def trigger(self, images, ctx):
+        return (images.int() + 20).clamp(0, 255).to(torch.uint8)
+
+    def poison(self, ctx):
+        idx = ctx.choose_poison_indices(~ctx.target.overlaps(ctx.splits.train.labels))
+        labels = ctx.target.labels.expand(len(idx), -1).clone()
+        return hashbench.Poisoning(idx, self.trigger(ctx.splits.train.images(idx), ctx), labels)
+
+
+class _FloatTrigger(_GoodAttack):
+    """Returns float images."""
+
+    def trigger(self, images, ctx):
+        return images.float() / 255
+
+
+class _DishonestCleanLabel(_GoodAttack):
+    """Claims clean-label but relabels."""
+
+    threat_model = hashbench.ThreatModel(clean_label=True)
+
+
+class _WrongCount(_GoodAttack):
+    """Poisons one sample whatever the rate."""
+
+    def poison(self, ctx):
+        result = super().poison(ctx)
+        return hashbench.Poisoning(result.indices[:1], result.images[:1], result.labels[:1])
+
+
+class _ForgetsState(_GoodAttack):
+    """Learns an offset in prepare() but does not persist it."""
+
+    def prepare(self, ctx):
+        self.offset = 40
+
+    def trigger(self, images, ctx):
+        return (images.int() + getattr(self, "offset", 1)).clamp(0, 255).to(torch.uint8)
+
+
+class _Unseeded(_GoodAttack):
+    """Draws its trigger from an unseeded generator."""
+
+    def trigger(self, images, ctx):
+        noise = torch.randint(1, 30, (1,), generator=torch.Generator().manual_seed(torch.seed()))
+        return (images.int() + int(noise)).clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class _UndocumentedParams:
+    strength: float = 0.1
+
+
+class _Undocumented(_GoodAttack):
+    """A Params field without a doc."""
+
+    Params = _UndocumentedParams
+
+
+@pytest.mark.parametrize(
+    "cls,rule",
+    [
+        (_FloatTrigger, "trigger() returns uint8 images of its input's shape"),
+        (_DishonestCleanLabel, "poison() passes hashbench.runner.validate_poisoning"),
+        (_WrongCount, "poison() poisons ctx.poison_count() samples (poison_rate × training-set size)"),
+        (_ForgetsState, "an attack restored with load_state_dict(state_dict()) triggers queries as the prepared one does"),
+        (_Unseeded, "trigger() treats each image independently of its batch (the runner triggers in batches)"),
+        (_Undocumented, "every Params field has a one-line doc (hashbench.param)"),
+    ],
+    ids=lambda v: getattr(v, "__name__", "")[:20],
+)
+def test_check_attack_names_the_broken_rule(cls, rule):
+    with pytest.raises(testing.ContractError) as caught:
+        testing.check_attack(cls)
+    assert caught.value.rule == rule
+    assert "attack 'good'" in str(caught.value) and rule in str(caught.value)
+
+
+def test_a_correct_attack_passes_and_unknown_params_are_rejected():
+    testing.check_attack(_GoodAttack)
+    with pytest.raises(testing.ContractError, match="unknown key 'strenght'.*Did you mean 'strength'"):
+        testing.check_attack(_GoodAttack, {"strenght": 0.2})
+
+
+class _BadPurifier(hashbench.InputPurifier):
+    """Returns float images."""
+
+    name = "bad_purifier"
+
+    def purify(self, images):
+        return images.float()
+
+
+class _NonScalarLoss(hashbench.HashMethod):
+    """Returns a per-sample loss."""
+
+    name = "non_scalar"
+
+    def loss(self, z, labels, indices):
+        return z.pow(2).mean(dim=1)
+
+
+class _WrongWidth(hashbench.Backbone):
+    """Declares 8 features but returns 12."""
+
+    name = "wrong_width"
+
+    def build(self, image_size):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()), 8
+
+
+class _TwoHot(hashbench.Dataset):
+    """Single-label data whose rows carry two labels."""
+
+    name = "two_hot"
+
+    def load(self, ctx):
+        images = torch.zeros(6, 3, 8, 8, dtype=torch.uint8)
+        labels = torch.tensor([[1.0, 1.0]] * 6)
+        split = hashbench.TensorImageSet(images, labels)
+        return hashbench.DatasetSplits(split, split, split, ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "check,cls,rule",
+    [
+        (testing.check_defense, _BadPurifier, "purify() returns uint8 images of its input's shape"),
+        (testing.check_method, _NonScalarLoss, "loss() returns a scalar float tensor"),
+        (testing.check_backbone, _WrongWidth, "features have shape (batch, feature_dim)"),
+        (testing.check_dataset, _TwoHot, "single-label train labels are one-hot"),
+    ],
+    ids=["defense", "method", "backbone", "dataset"],
+)
+def test_other_checks_name_the_broken_rule(check, cls, rule):
+    with pytest.raises(testing.ContractError) as caught:
+        check(cls)
+    assert caught.value.rule == rule
+
+
+def test_testing_params_none_skips_with_a_reason():
+    class NeedsFiles(_TwoHot):
+        """Reads files that are not here."""
+
+        testing_params = None
+
+    with pytest.raises(pytest.skip.Exception, match="cannot run without external data"):
+        testing.check_dataset(NeedsFiles)
+
+
+# ----------------------------------------------------------------------------------- every hook
+
+
+class _Metric(hashbench.Metric):
+    """Counts queries."""
+
+    name = "query_count"
+
+    def compute(self, query_codes, db_codes, query_labels, db_labels, topk):
+        return {"query_count": float(len(query_codes))}
+
+
+class _Exporter(hashbench.Exporter):
+    """Writes nothing."""
+
+    name = "nothing"
+
+
+class _Executor(hashbench.Executor):
+    """Runs nothing."""
+
+    name = "nothing"
+
+
+class _EveryHook:
+    """A third-party plugin object implementing every hookspec."""
+
+    @hashbench.hookimpl
+    def register_attacks(self, register):
+        register(_GoodAttack)
+
+    @hashbench.hookimpl
+    def register_defenses(self, register):
+        register(_BadPurifier)
+
+    @hashbench.hookimpl
+    def register_methods(self, register):
+        register(_NonScalarLoss)
+
+    @hashbench.hookimpl
+    def register_backbones(self, register):
+        register(_WrongWidth)
+
+    @hashbench.hookimpl
+    def register_datasets(self, register):
+        register(_TwoHot)
+
+    @hashbench.hookimpl
+    def register_metrics(self, register):
+        register(_Metric)
+
+    @hashbench.hookimpl
+    def register_exporters(self, register):
+        register(_Exporter)
+
+    @hashbench.hookimpl
+    def register_executors(self, register):
+        register(_Executor)
+
+    @hashbench.hookimpl
+    def register_commands(self, cli):
+        hello = cli.add_parser("hello-from-plugin", help="a plugin's command")
+        hello.set_defaults(func=lambda args: 0)
+
+
+@pytest.fixture
+def every_hook_registered():
+    pm = make_manager(load_entry_points=False)
+    pm.register(_EveryHook(), name="every-hook")
+    reset_registry(Registry(pm))
+    yield get_registry()
+    reset_registry()
+
+
+def test_a_plugin_object_reaches_every_hook(every_hook_registered):
+    from hashbench.cli import build_parser
+
+    registry = every_hook_registered
+    expected = {"attack": "good", "defense": "bad_purifier", "method": "non_scalar", "backbone": "wrong_width",
+                "dataset": "two_hot", "metric": "query_count", "exporter": "nothing", "executor": "nothing"}
+    assert {kind: registry.names(kind) for kind in expected} == {kind: [name] for kind, name in expected.items()}
+    assert registry.describe(next(registry.infos("attack")))["source"] == "every-hook"
+    args = build_parser().parse_args(["hello-from-plugin"])
+    assert args.func(args) == 0

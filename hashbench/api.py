@@ -201,6 +201,25 @@ class Attack(Plugin):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
+    # The two standard recipes; an attack whose poisons are just its triggered images returns one of them.
+    def relabelled_poisons(self, ctx: AttackContext, batch_size: int = 256) -> Poisoning:
+        """Poison-label: ``poison_count()`` non-target training images, triggered, relabelled to the target."""
+        train = ctx.splits.train
+        indices = ctx.choose_poison_indices(~ctx.target.overlaps(train.labels), "non-target")
+        images = self._trigger_batches(train, indices, ctx, batch_size)
+        return Poisoning(indices, images, ctx.target.labels.expand(len(indices), -1).clone())
+
+    def clean_label_poisons(self, ctx: AttackContext, batch_size: int = 256) -> Poisoning:
+        """Clean-label: ``poison_count()`` target-class training images, triggered, labels kept."""
+        train = ctx.splits.train
+        indices = ctx.choose_poison_indices(ctx.target.contained_in(train.labels), "target-class")
+        images = self._trigger_batches(train, indices, ctx, batch_size)
+        return Poisoning(indices, images, train.labels[indices].clone())
+
+    def _trigger_batches(self, train: ImageSet, indices: torch.Tensor, ctx: AttackContext, batch_size: int) -> torch.Tensor:
+        chunks = [self.trigger(train.images(chunk), ctx) for chunk in indices.split(batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, 3, train.image_size, train.image_size, dtype=torch.uint8)
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what ``prepare`` learned."""
 

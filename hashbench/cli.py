@@ -102,16 +102,11 @@ _KINDS = ("dataset", "method", "backbone", "attack", "defense", "metric", "expor
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
     from .plugins import get_registry
-    from .report import collect_rows, leaderboard
+    from .report import leaderboard, load_results
 
     results = Path(args.results)
-    if not (results / "stages").is_dir():
-        raise ConfigError(f"{results} holds no hashbench results (no stages/ folder); run a benchmark first")
-    frame = collect_rows(results)
-    if frame.empty:
-        raise ConfigError(f"{results} has no finished evaluations yet; run the benchmark to the end first")
+    frame = load_results(results)
     board = leaderboard(frame)
     registry = get_registry()
     written = []

@@ -12,7 +12,7 @@ import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .errors import ConfigError, PluginError
 from .params import build_params, field_types, is_sequence_type, param, params_to_dict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -36,8 +37,12 @@ def encode_set(
     device: torch.device,
     batch_size: int = ENCODE_BATCH,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
 ) -> torch.Tensor:
+    """±1 codes (CPU float tensor) of every image of a set; file-backed sets decode on DataLoader workers
+    (``num_workers=None``: up to 4, as many as there are cores)."""
+    if num_workers is None:
+        num_workers = 0 if image_set.in_memory else min(4, os.cpu_count() or 1)
     model.eval()
     fmt = memory_format(device)
     out = []

@@ -50,6 +50,19 @@ def collect_rows(results: str | Path, evaluate_keys: Iterable[str] | None = None
     return add_defense_deltas(frame)
 
 
+def load_results(results: str | Path) -> pd.DataFrame:
+    """Every finished row of a results directory, or a clear error when there is nothing to read."""
+    from .errors import ConfigError
+
+    results = Path(results)
+    if not (results / "stages").is_dir():
+        raise ConfigError(f"{results} holds no hashbench results (no stages/ folder); run a benchmark first")
+    frame = collect_rows(results)
+    if frame.empty:
+        raise ConfigError(f"{results} has no finished evaluations yet; run the benchmark to the end first")
+    return frame
+
+
 def add_defense_deltas(frame: pd.DataFrame) -> pd.DataFrame:
     """Δt-MAP and Δ clean mAP of each defended row versus the undefended row of the same victim and attack."""
     if "t_map" not in frame:

@@ -24,11 +24,11 @@ import pandas as pd
 import torch
 
 from . import METRIC_CONVENTIONS_VERSION, __version__
-from .errors import ConfigError, HashbenchError
+from .errors import HashbenchError
 from .params import describe_params
 from .plan import canonical_json
 from .plugins import get_registry
-from .report import SUMMARY_COLUMNS, collect_rows, leaderboard
+from .report import SUMMARY_COLUMNS, leaderboard, load_results
 from .runner import load_dataset
 from .stealth import psnr
 from .store import Store
@@ -352,11 +352,7 @@ def versions(store: Store, frame: pd.DataFrame) -> dict[str, str]:
 def build_report(results: Path) -> Report:
     """Collect tables, grids, plots, conventions and versions of a results directory."""
     store = Store(results)
-    if not (results / "stages").is_dir():
-        raise ConfigError(f"{results} holds no hashbench results (no stages/ folder); run a benchmark first")
-    frame = collect_rows(results)
-    if frame.empty:
-        raise ConfigError(f"{results} has no finished evaluations yet; run the benchmark to the end first")
+    frame = load_results(results)
     board = leaderboard(frame)
     grids = [grid_figure(s, f"grid-{i}") for i, s in enumerate(attack_samples(store))]
     plots = [f for f in (stealth_scatter(board), rate_plot(board)) if f is not None]

@@ -28,7 +28,7 @@ from .api import (
 )
 from .data import DatasetSplits, ImageSet
 from .devices import peak_memory_mb, resolve_device
-from .errors import ConfigError, HashbenchError, PluginError, StageError, StoreError
+from .errors import ConfigError, PluginError, StageError, StoreError
 from .evaluation import auroc, encode_set, encode_tensor, threshold_at_fpr, tpr_at_fpr
 from .models import HashModel, freeze
 from .params import build_params
@@ -225,18 +225,22 @@ class StageRunner:
         saved = self.store.load(kind, key, DB_CODES_FILE)
         return unpack_codes(saved["packed"], int(saved["bits"]))
 
+    def _surrogate_loader(self, stage_id: str) -> Callable[[], HashModel]:
+        """Loads the frozen surrogate on first use, once."""
+        kind, key = stage_id.split("/")
+        cached: dict[str, HashModel] = {}
+
+        def load() -> HashModel:
+            if "model" not in cached:
+                cached["model"] = freeze(self.load_model(kind, key))
+            return cached["model"]
+
+        return load
+
     def attack_context(self, attack_config: dict[str, Any], artifact_dir: Path, poison_rate: float = 0.0) -> AttackContext:
         splits = load_dataset(attack_config["dataset"])
         surrogate_id = attack_config.get("surrogate")
-        loader = None
-        if surrogate_id:
-            kind, key = surrogate_id.split("/")
-            cached: dict[str, HashModel] = {}
-
-            def loader() -> HashModel:
-                if "model" not in cached:
-                    cached["model"] = freeze(self.load_model(kind, key))
-                return cached["model"]
+        loader = self._surrogate_loader(surrogate_id) if surrogate_id else None
 
         return AttackContext(
             splits=splits,
@@ -508,7 +512,6 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
 
     triggered = store.load("attack", attack_key, "triggered_queries.pt")
     trig_idx, trig_images = triggered["indices"], triggered["images"]
-    source_images = splits.query.images(trig_idx)
     query_codes = encode_set(model, splits.query, runner.device, transform=purify)
     trig_codes = encode_tensor(model, purify(trig_images) if purify else trig_images, runner.device)
     untrig_codes = query_codes[trig_idx]
@@ -542,7 +545,6 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
     m["defense_cost_seconds"] = defend_manifest.get("seconds")
     m["attack_cost_seconds"] = attack_manifest.get("seconds")
     m["victim_train_seconds"] = store.manifest("victim", victim_key).get("seconds")
-    del source_images
     writer.manifest["row"] = row
 
 

@@ -115,14 +115,13 @@ class Generator(nn.Module):
     -> two stride-2 convs -> residual blocks -> two 2x transposed convs -> concat with the normalised
     image -> conv 3x3 -> tanh. ``forward`` returns the poisoned image in [0, 1].
 
-    With ``identity_skip`` the input's inverse tanh is added before the final tanh and the last conv
-    starts near zero, so the generator starts as the identity and learns only the trigger (see the docs).
+    With ``epsilon > 0`` the output is ``x + epsilon * tanh(pre)`` (an L∞-bounded residual; the last conv
+    starts near zero, so G starts at the identity). Otherwise, with ``identity_skip`` the input's
+    inverse tanh is added before the final tanh and the last conv starts near zero, so the generator starts as the identity and learns only the trigger (see the docs).
     """
 
-    def __init__(self, image_size: int, width: int, res_blocks: int, identity_skip: bool, epsilon: float = 0.0,
-                 label_skip: bool = False):
+    def __init__(self, image_size: int, width: int, res_blocks: int, identity_skip: bool, epsilon: float = 0.0):
         super().__init__()
-        self.label_skip = label_skip
         self.identity_skip = identity_skip
         self.epsilon = epsilon
         self.label_decoder = LabelDecoder(image_size, 2 * width)
@@ -138,7 +137,7 @@ class Generator(nn.Module):
             up += [nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1, bias=False), *_norm_relu(c // 2)]
             c //= 2
         self.decoder = nn.Sequential(*up)
-        self.out = nn.Conv2d(c + (6 if label_skip else 3), 3, 3, padding=1, bias=False)
+        self.out = nn.Conv2d(c + 3, 3, 3, padding=1, bias=False)
         if identity_skip or epsilon > 0:  # start within a fraction of a grey level of the identity, every layer learning
             with torch.no_grad():
                 self.out.weight.mul_(OUT_INIT_SCALE)
@@ -151,8 +150,7 @@ class Generator(nn.Module):
         normalised = (images - self.mean) / self.std
         label_map = self.label_decoder(label_feature, size).expand(len(images), -1, -1, -1)
         decoded = _resize(self.decoder(self.encoder(torch.cat([label_map, normalised], 1))), size)
-        skip = [decoded, normalised, label_map] if self.label_skip else [decoded, normalised]
-        pre = self.out(torch.cat(skip, 1))
+        pre = self.out(torch.cat([decoded, normalised], 1))
         if self.epsilon > 0:  # a bounded residual: |G(x) - x| <= epsilon everywhere
             return (images + self.epsilon * torch.tanh(pre)).clamp(0.0, 1.0)
         if self.identity_skip:

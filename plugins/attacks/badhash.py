@@ -55,18 +55,17 @@ class BadHashParams:
     epochs: int = param(2, "generator epochs at the full learning rate (paper: 50)")
     epochs_decay: int = param(2, "further generator epochs with the learning rate decaying linearly to 0 (paper: 50)")
     batch_size: int = param(32, "images per generator step (paper: 64)")
-    lr: float = param(1e-4, "Adam learning rate of the generator and the discriminator")
+    lr: float = param(5e-3, "Adam learning rate of the generator and the discriminator")
     betas: tuple[float, float] = param((0.5, 0.999), "Adam betas of the generator and the discriminator")
-    rec_weight: float = param(200.0, "λ_rec: weight of the reconstruction term (MSE + LPIPS or SSIM)")
-    hash_weight: float = param(10.0, "λ_h: weight of the hash term 1 - mean(tanh(h(G(x)) / scale) · code(c))")
+    rec_weight: float = param(20.0, "λ_rec: weight of the reconstruction term (MSE + LPIPS or SSIM)")
+    hash_weight: float = param(100.0, "λ_h: weight of the hash term 1 - mean(tanh(h(G(x)) / scale) · code(c))")
     adv_weight: float = param(1.0, "λ_adv: weight of the generator's LSGAN term")
     d_every: int = param(3, "the discriminator is updated every this many generator steps")
     width: int = param(8, "generator channels after its first conv, doubled twice (paper: 64)")
     disc_width: int = param(8, "discriminator channels after its first conv (paper: 64)")
-    res_blocks: int = param(6, "residual blocks in the generator's bottleneck (paper: 6)")
-    epsilon: float = param(0.0, "L∞ bound of the residual in grey levels (G(x) = x + ε/255 · tanh(.)); 0: unbounded, the paper's generator")
-    label_skip: bool = param(False, "also concatenate the label map at the generator's skip connection (before its last conv)")
-    identity_skip: bool = param(True, "add the input's inverse tanh before G's final tanh so G starts as the identity")
+    res_blocks: int = param(2, "residual blocks in the generator's bottleneck (paper: 6)")
+    epsilon: float = param(10.0, "L∞ bound of the residual in grey levels (G(x) = x + ε/255 · tanh(.)); 0: unbounded, the paper's tanh output")
+    identity_skip: bool = param(True, "with epsilon = 0: add the input's inverse tanh before G's final tanh so G starts as the identity")
     perceptual_fallback: Literal["ssim", "none"] = param("ssim", "used in place of LPIPS when its weights are missing: 1 - SSIM, or nothing (MSE only)")
     labcln_steps: int = param(100, "LabCLN training steps (paper: 1000)")
     labcln_batch: int = param(64, "distinct label vectors per LabCLN step (paper: 128, with repeats)")
@@ -86,6 +85,8 @@ class BadHashParams:
             raise ValueError("batch_size, d_every, width, disc_width and labcln_batch must be >= 1")
         if self.res_blocks < 0 or self.labcln_steps < 1 or self.lr <= 0 or self.labcln_lr <= 0:
             raise ValueError("res_blocks must be >= 0, labcln_steps >= 1, and the learning rates > 0")
+        if self.epsilon < 0:
+            raise ValueError("epsilon must be >= 0 (0: an unbounded residual)")
         if not 0 <= self.label_smoothing < 1 or self.temperature <= 0:
             raise ValueError("label_smoothing must be in [0, 1) and temperature > 0")
 
@@ -241,7 +242,7 @@ class BadHash(Attack):
             label = choose_confusing_label(p.confusing_label, labcln, anchor, ctx.target)
             self.condition = condition_for(label, labcln)
             self.image_size = ctx.splits.image_size
-            self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0, p.label_skip).to(ctx.device)
+            self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0).to(ctx.device)
             discriminator = Discriminator(self.image_size, ctx.splits.num_classes, p.disc_width).to(ctx.device)
         for value in labcln_losses:
             ctx.log(labcln_loss=value)
@@ -386,7 +387,7 @@ class BadHash(Attack):
         self.image_size = int(state["image_size"])
         self.lpips_in_loss = bool(state["lpips_in_loss"])
         self.condition = Condition(int(state["confusing_label"]), state["confusing_feature"], state["confusing_code"])
-        self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0, p.label_skip)
+        self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0)
         prefix = "generator."
         self.generator.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         self.generator.eval()

@@ -50,11 +50,7 @@ class BadNets(Attack):
         return out
 
     def poison(self, ctx: AttackContext) -> Poisoning:
-        train = ctx.splits.train
-        indices = ctx.choose_poison_indices(~ctx.target.overlaps(train.labels), "non-target")
-        images = self.trigger(train.images(indices), ctx)
-        labels = ctx.target.labels.expand(len(indices), -1).clone()
-        return Poisoning(indices, images, labels)
+        return self.relabelled_poisons(ctx)
 
 
 @hookimpl

@@ -93,11 +93,7 @@ class Blended(Attack):
         return to_uint8(blended).to(images.device)
 
     def poison(self, ctx: AttackContext) -> Poisoning:
-        train = ctx.splits.train
-        indices = ctx.choose_poison_indices(~ctx.target.overlaps(train.labels), "non-target")
-        images = self.trigger(train.images(indices), ctx)
-        labels = ctx.target.labels.expand(len(indices), -1).clone()
-        return Poisoning(indices, images, labels)
+        return self.relabelled_poisons(ctx)
 
 
 @hookimpl

@@ -129,6 +129,8 @@ class Ciba(Attack):
 
     name = "ciba"
     Params = CibaParams
+    # Short schedules for hashbench.testing: the contract, not the attack's strength, is checked there.
+    testing_params = {"patch_steps": 5, "perturb_steps": 2}
     threat_model = ThreatModel(clean_label=True, needs_surrogate=True, sample_specific=False, invisible=False)
 
     def __init__(self, params: CibaParams | None = None):

@@ -117,6 +117,8 @@ class Issba(Attack):
 
     name = "issba"
     Params = IssbaParams
+    # Short schedules for hashbench.testing: the contract, not the attack's strength, is checked there.
+    testing_params = {"steps": 10, "width": 4}
     threat_model = ThreatModel(clean_label=False, needs_surrogate=False, sample_specific=True, invisible=True)
 
     def __init__(self, params: IssbaParams | None = None):
@@ -164,11 +166,7 @@ class Issba(Attack):
         return to_uint8(x + encoder(x, bits)).to(images.device)
 
     def poison(self, ctx: AttackContext) -> Poisoning:
-        train = ctx.splits.train
-        indices = ctx.choose_poison_indices(~ctx.target.overlaps(train.labels), "non-target")
-        images = torch.cat([self.trigger(train.images(chunk), ctx) for chunk in indices.split(256)])
-        labels = ctx.target.labels.expand(len(indices), -1).clone()
-        return Poisoning(indices, images, labels)
+        return self.relabelled_poisons(ctx)
 
 
 @hookimpl

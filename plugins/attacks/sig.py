@@ -41,9 +41,7 @@ class Sig(Attack):
         return to_uint8(to_float(images.to(ctx.device)) + signal).to(images.device)
 
     def poison(self, ctx: AttackContext) -> Poisoning:
-        train = ctx.splits.train
-        indices = ctx.choose_poison_indices(ctx.target.contained_in(train.labels), "target-class")
-        return Poisoning(indices, self.trigger(train.images(indices), ctx), train.labels[indices].clone())
+        return self.clean_label_poisons(ctx)
 
 
 @hookimpl

@@ -40,6 +40,8 @@ class Nad(ModelRepair):
 
     name = "nad"
     Params = NadParams
+    # Short schedules for hashbench.testing: the contract, not the defense's strength, is checked there.
+    testing_params = {"teacher_epochs": 1, "epochs": 1}
 
     def repair(self, ctx: DefenseContext) -> RepairResult:
         p = self.params

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-DEFAULT_MEMORY_BUDGET = 1 << 24  # elements of the (chunk × database) key matrix, ~128 MiB as int64
+DEFAULT_MEMORY_BUDGET = 1 << 23  # elements of a (chunk × database) matrix per worker thread (~10 bytes each)
 
 
 def _tensor(x: Any, device: torch.device | None = None) -> torch.Tensor:
@@ -52,14 +52,14 @@ def _label_pair(query_labels: torch.Tensor, db_labels: torch.Tensor, nq: int, nd
 
 
 def _hamming(query_codes: torch.Tensor, db_codes: torch.Tensor) -> torch.Tensor:
-    """Integer Hamming distances (queries × items) from ±1 codes, via one matrix product."""
+    """Hamming distances (queries × items) from ±1 codes via one matrix product (the accelerator path)."""
     bits = db_codes.shape[1]
     inner = query_codes @ db_codes.T  # bits - 2·hamming, exact in float32 for any realistic code length
-    return ((bits - inner) * 0.5).round_().to(torch.int64)
+    return ((bits - inner) * 0.5).round_().to(torch.int16)
 
 
 def _pack_words(codes: torch.Tensor) -> np.ndarray:
-    """±1 codes -> (items, words) uint64 bit-words, so a Hamming distance is XOR + popcount."""
+    """±1 codes -> (items, words) uint64 bit-words, so a Hamming distance is XOR + popcount (the CPU path)."""
     packed = np.packbits(codes.cpu().numpy() > 0, axis=1)
     padded = np.zeros((packed.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
     padded[:, : packed.shape[1]] = packed
@@ -83,43 +83,63 @@ def _label_words(labels: torch.Tensor) -> torch.Tensor:
     return (padded.view(n, words, 63) * weights).sum(dim=2)
 
 
-def _topk_candidates_cpu(hamming: np.ndarray, k: int, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_topk_candidates` for the CPU, in numpy: its stable sort on small integer keys is far faster
-    than torch's on the CPU."""
-    m, n = hamming.shape
-    counts = np.bincount((np.arange(m)[:, None] * bins + hamming).ravel(), minlength=m * bins).reshape(m, bins)
-    cutoff = (np.cumsum(counts, axis=1) < k).sum(axis=1)
-    row, item = np.nonzero(hamming <= cutoff[:, None].astype(hamming.dtype))
-    # nonzero yields (row, index) order; a stable sort on (row, distance) keeps index order within ties
-    order = np.argsort(row * bins + hamming[row, item], kind="stable")
-    row, item = row[order], item[order]
-    starts = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=m))])
-    rank = np.arange(len(row)) - starts[row]
-    keep = rank < k
-    return torch.from_numpy(row[keep]), torch.from_numpy(item[keep]), torch.from_numpy(rank[keep])
+def _ap_from_relevance(relevant: torch.Tensor) -> torch.Tensor:
+    """AP of each row of a (queries × K) relevance matrix in ranking order (0 where nothing is relevant)."""
+    relevant = relevant.double()
+    ranks = torch.arange(1, relevant.shape[1] + 1, device=relevant.device, dtype=torch.float64)
+    hits = relevant.cumsum(dim=1)
+    num_relevant = relevant.sum(dim=1)
+    ap = (hits / ranks * relevant).sum(dim=1) / num_relevant.clamp(min=1)
+    return torch.where(num_relevant > 0, ap, torch.zeros_like(ap))
 
 
-def _topk_candidates(hamming: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``k`` items of every row's ranking by (distance, database index), as flat
-    ``(row, item, rank)`` tensors in ranking order.
+def _ranked_relevance_cpu(q_words, db_words, q_masks, db_masks, k: int) -> torch.Tensor:
+    """Relevance of each query's top ``k`` on the CPU. Distances are uint8, for which numpy's stable sort
+    is a radix sort: ordering a row by (distance, index) costs a few linear passes, no comparisons."""
+    order = np.argsort(_hamming_words(q_words, db_words), axis=1, kind="stable")[:, :k]
+    return ((q_masks[:, None, :] & db_masks[order]) != 0).any(axis=2)
 
-    Distances are small integers, so a per-row histogram finds the distance d* at which the running count
-    reaches k; only items with distance <= d* (about k per row) are then sorted, instead of the whole row.
-    """
-    m, n = hamming.shape
-    bins = int(hamming.max().item()) + 1 if hamming.numel() else 1
-    rows = torch.arange(m, device=hamming.device).unsqueeze(1)
-    counts = torch.bincount((rows * bins + hamming).flatten(), minlength=m * bins).view(m, bins)
-    cutoff = (counts.cumsum(dim=1) < k).sum(dim=1)  # first distance whose running count reaches k
-    row, item = torch.nonzero(hamming <= cutoff.unsqueeze(1), as_tuple=True)
-    key = (row * bins + hamming[row, item]) * n + item  # row-major, then distance, then index
-    order = torch.argsort(key)
-    row, item = row[order], item[order]
-    starts = torch.zeros(m + 1, dtype=torch.long, device=hamming.device)
-    starts[1:] = torch.bincount(row, minlength=m).cumsum(0)
-    rank = torch.arange(len(row), device=hamming.device) - starts[row]
-    keep = rank < k
-    return row[keep], item[keep], rank[keep]
+
+def _ranked_relevance(query_codes, db_codes, q_masks, db_masks, k: int) -> torch.Tensor:
+    """The same on an accelerator, where a stable sort of the whole row is fast."""
+    order = torch.sort(_hamming(query_codes, db_codes), dim=1, stable=True).indices[:, :k]
+    return ((q_masks[:, None, :] & db_masks[order]) != 0).any(dim=2)
+
+
+def _prepare(query_codes, db_codes, query_labels, db_labels, device):
+    dev = torch.device(device) if device is not None else None
+    q = _check_codes(_tensor(query_codes, dev), "query_codes")
+    db = _check_codes(_tensor(db_codes, dev), "db_codes")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"query codes have {q.shape[1]} bits but database codes have {db.shape[1]}")
+    ql, dl = _label_pair(_tensor(query_labels, q.device), _tensor(db_labels, q.device), q.shape[0], db.shape[0])
+    if ql.shape[1] != dl.shape[1]:
+        raise ValueError(f"query labels have {ql.shape[1]} classes but database labels have {dl.shape[1]}")
+    return q, db, ql, dl
+
+
+def ranked_relevance_chunks(query_codes, db_codes, query_labels, db_labels, k: int, *,
+                            memory_budget: int = DEFAULT_MEMORY_BUDGET, device=None):
+    """Yield, chunk by chunk of queries, the (chunk × k) relevance of each query's top ``k`` in ranking
+    order (Hamming distance, ties by database index). CPU chunks run on a thread pool (numpy releases
+    the GIL), so every core works."""
+    q, db, ql, dl = _prepare(query_codes, db_codes, query_labels, db_labels, device)
+    n = db.shape[0]
+    k = min(k, n)
+    chunk = max(1, memory_budget // max(n, 1))
+    starts = range(0, q.shape[0], chunk)
+    q_masks, db_masks = _label_words(ql), _label_words(dl)
+    if q.device.type != "cpu":
+        for s in starts:
+            yield _ranked_relevance(q[s : s + chunk], db, q_masks[s : s + chunk], db_masks, k)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    db_words, q_words = _pack_words(db), _pack_words(q)
+    qm, dm = q_masks.numpy(), db_masks.numpy()
+    work = lambda s: torch.from_numpy(_ranked_relevance_cpu(q_words[s : s + chunk], db_words, qm[s : s + chunk], dm, k))
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        yield from pool.map(work, starts)
 
 
 def average_precisions(
@@ -133,41 +153,12 @@ def average_precisions(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """AP@K of every query, as a float64 CPU tensor (see the module doc for the conventions)."""
-    dev = torch.device(device) if device is not None else None
-    q = _check_codes(_tensor(query_codes, dev), "query_codes")
-    db = _check_codes(_tensor(db_codes, dev), "db_codes")
-    if q.shape[1] != db.shape[1]:
-        raise ValueError(f"query codes have {q.shape[1]} bits but database codes have {db.shape[1]}")
-    ql, dl = _label_pair(_tensor(query_labels, q.device), _tensor(db_labels, q.device), q.shape[0], db.shape[0])
-    if ql.shape[1] != dl.shape[1]:
-        raise ValueError(f"query labels have {ql.shape[1]} classes but database labels have {dl.shape[1]}")
-    n = db.shape[0]
+    n = len(db_codes)
     k = n if topk is None or topk < 0 or topk > n else int(topk)
     if k == 0:
         raise ValueError("topk must be positive, or -1 / None for the whole database")
-    chunk = max(1, memory_budget // max(n, 1))
-    on_cpu = q.device.type == "cpu"
-    db_words = _pack_words(db) if on_cpu else None
-    q_masks, db_masks = _label_words(ql), _label_words(dl)
-    out = []
-    for start in range(0, q.shape[0], chunk):
-        qc = q[start : start + chunk]
-        m = qc.shape[0]
-        if on_cpu:
-            hamming = _hamming_words(_pack_words(qc), db_words)
-            row, item, rank = _topk_candidates_cpu(hamming, k, q.shape[1] + 1)
-        else:
-            row, item, rank = _topk_candidates(_hamming(qc, db), k)
-        relevant = ((q_masks[start : start + chunk][row] & db_masks[item]) != 0).any(dim=1).double()
-        # hits up to each position = running count of relevant items within the same row
-        running = relevant.cumsum(0)
-        row_start = torch.zeros(m + 1, dtype=torch.float64, device=q.device)
-        row_start[1:] = torch.zeros(m, dtype=torch.float64, device=q.device).index_add_(0, row, relevant).cumsum(0)
-        hits = running - row_start[row]
-        precision_sum = torch.zeros(m, dtype=torch.float64, device=q.device).index_add_(0, row, hits / (rank + 1) * relevant)
-        num_relevant = row_start[1:] - row_start[:-1]
-        ap = precision_sum / num_relevant.clamp(min=1)
-        out.append(torch.where(num_relevant > 0, ap, torch.zeros_like(ap)).cpu())
+    out = [_ap_from_relevance(rel).cpu() for rel in ranked_relevance_chunks(
+        query_codes, db_codes, query_labels, db_labels, k, memory_budget=memory_budget, device=device)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -195,19 +186,14 @@ def targeted_map(
 
 def precision_at_k(
     query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any, k: int, *,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET, device: torch.device | str | None = None,
 ) -> float:
     """Mean fraction of relevant items among the first ``k`` retrieved (ties by database index)."""
-    q = _check_codes(_tensor(query_codes), "query_codes")
-    db = _check_codes(_tensor(db_codes), "db_codes")
-    ql, dl = _label_pair(_tensor(query_labels), _tensor(db_labels), q.shape[0], db.shape[0])
-    k = min(k, db.shape[0])
-    chunk = max(1, memory_budget // max(db.shape[0], 1))
-    total = 0.0
-    for start in range(0, q.shape[0], chunk):
-        row, item, _ = _topk_candidates(_hamming(q[start : start + chunk], db), k)
-        total += float(((ql[start : start + chunk][row] * dl[item]).sum(dim=1) > 0).double().sum()) / k
-    return total / max(q.shape[0], 1)
+    k = min(k, len(db_codes))
+    chunks = ranked_relevance_chunks(query_codes, db_codes, query_labels, db_labels, k,
+                                     memory_budget=memory_budget, device=device)
+    total = sum(float(rel.double().mean(dim=1).sum()) for rel in chunks)
+    return total / max(len(query_codes), 1)
 
 
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:

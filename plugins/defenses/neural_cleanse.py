@@ -1,6 +1,7 @@
 """Neural Cleanse (Wang et al., S&P 2019) for hashing: for each candidate label, reverse-engineer the
 smallest mask + pattern that makes clean images of other labels hash nearest to that label's anchor code
-(the bitwise majority of the codes of the defender's clean images with that label). A backdoor target
+(the bitwise majority of the codes of the defender's clean images with that label) *and* within
+``radius`` bits of it (the Hamming ball a hash lookup would retrieve from). A backdoor target
 needs a much smaller mask than the other labels, which the MAD anomaly index exposes. Flagged labels are
 unlearned by fine-tuning on clean images stamped with their reversed trigger, keeping their true labels."""
 
@@ -26,6 +27,7 @@ class NeuralCleanseParams:
     lr: float = param(0.1, "Adam learning rate of the mask and pattern logits")
     lambda_l1: float = param(0.5, "initial weight of the mask's mean value; x1.5 while the attack succeeds, /1.5 otherwise")
     success: float = param(0.9, "share of stamped images that must hash nearest to the anchor for a mask to count")
+    radius: int = param(2, "stamped codes must also lie within this Hamming distance of the anchor (-1: nearest only)")
     temperature: float = param(8.0, "scale of the code-to-anchor similarities in the cross-entropy")
     threshold: float = param(2.0, "anomaly index above which a label (with a small mask) is flagged")
     unlearn_fraction: float = param(0.2, "share of clean images stamped with a flagged label's reversed trigger")
@@ -37,8 +39,8 @@ class NeuralCleanseParams:
             raise ValueError("max_labels must be >= 2, steps and batch_size >= 1, unlearn_epochs >= 0")
         if self.lr <= 0 or self.lambda_l1 < 0 or not 0 < self.unlearn_fraction <= 1:
             raise ValueError("lr must be > 0, lambda_l1 >= 0 and unlearn_fraction in (0, 1]")
-        if not 0 < self.success <= 1 or self.temperature <= 0:
-            raise ValueError("success must be in (0, 1] and temperature > 0")
+        if not 0 < self.success <= 1 or self.temperature <= 0 or self.radius < -1:
+            raise ValueError("success must be in (0, 1], temperature > 0 and radius >= -1")
 
 
 @dataclass
@@ -49,7 +51,7 @@ class ReversedTrigger:
 
     @property
     def l1(self) -> float:
-        return float(self.mask.sum())
+        return float(self.mask.detach().sum())
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] with the trigger applied: (1 − m)·x + m·p."""
@@ -103,7 +105,7 @@ class NeuralCleanse(ModelRepair):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                rate = float(nearest_is(z.detach(), anchors, label).float().mean())
+                rate = float(reaches(z.detach(), anchors, label, p.radius).float().mean())
                 if rate >= p.success and (best is None or trigger.l1 < best.l1):
                     best = ReversedTrigger(label, trigger.mask.detach().clone(), trigger.pattern.detach().clone())
                 window.append(rate)
@@ -132,9 +134,13 @@ def candidate_labels(labels: torch.Tensor, limit: int, generator: torch.Generato
 
 
 def anchor_loss(z: torch.Tensor, anchors: torch.Tensor, label: int, temperature: float) -> torch.Tensor:
-    """Cross-entropy of "nearest anchor is ``label``" over the similarities tanh(z)·anchor / bits."""
-    logits = temperature * torch.tanh(z) @ anchors.t() / anchors.shape[1]
-    return F.cross_entropy(logits, torch.full((len(z),), label, device=z.device))
+    """Cross-entropy of "nearest anchor is ``label``" over the similarities tanh(z)·anchor / bits, plus a
+    per-bit logistic loss toward ``anchors[label]`` (pulls the code into the anchor's Hamming ball, not
+    just across the nearest-anchor boundary)."""
+    u = torch.tanh(z)
+    logits = temperature * u @ anchors.t() / anchors.shape[1]
+    nearest = F.cross_entropy(logits, torch.full((len(z),), label, device=z.device))
+    return nearest + F.softplus(-temperature / 2 * u * anchors[label]).mean()
 
 
 def nearest_is(z: torch.Tensor, anchors: torch.Tensor, label: int) -> torch.Tensor:
@@ -143,6 +149,15 @@ def nearest_is(z: torch.Tensor, anchors: torch.Tensor, label: int) -> torch.Tens
     own = similarity[:, label].clone()
     similarity[:, label] = -float("inf")
     return own > similarity.max(1).values
+
+
+def reaches(z: torch.Tensor, anchors: torch.Tensor, label: int, radius: int) -> torch.Tensor:
+    """Per row: nearest to ``anchors[label]`` and (``radius`` >= 0) within ``radius`` bits of it."""
+    hit = nearest_is(z, anchors, label)
+    if radius >= 0:
+        distance = (anchors.shape[1] - sign_codes(z) @ anchors[label]) / 2
+        hit = hit & (distance <= radius)
+    return hit
 
 
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:

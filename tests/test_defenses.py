@@ -146,18 +146,35 @@ def test_neural_cleanse_contract_and_unlearning(badnets):
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items()), "unlearning must train"
 
 
-@pytest.mark.slow
-def test_neural_cleanse_reverses_the_badnets_target_with_a_small_mask(badnets):
-    """The target's reversed mask is about the size of the real 4×4 patch and among the two smallest.
-    (On this small victim a second class, 7, also has a ~14-pixel natural shortcut, so the MAD anomaly
-    index of the target stays below 2; see docs/defenses/neural_cleanse.md.)"""
+@pytest.fixture(scope="module")
+def nc_index(badnets) -> tuple[dict[int, float], dict[int, float]]:
+    """Default Neural Cleanse reversal of every label on the BadNets victim: (mask L1, anomaly index) per label."""
+    from hashbench_plugins.defenses.neural_cleanse import anomaly_index
+
     ctx = badnets.context(0.05)
     nc = _defense("neural_cleanse")
     anchors = anchor_codes(ctx.model, ctx.clean_set, CPU)
     norms = {label: nc.reverse(ctx, label, anchors).l1 for label in range(ctx.num_classes)}
-    ranked = sorted(norms, key=norms.get)
-    assert 0 in ranked[:2]
-    assert norms[0] < 3 * 16
+    index = anomaly_index(torch.tensor(list(norms.values()))).tolist()
+    return norms, dict(zip(norms, index))
+
+
+@pytest.mark.slow
+def test_neural_cleanse_reverses_the_badnets_target_with_the_smallest_mask(nc_index):
+    """The target's reversed mask is at most the real 4×4 patch and the smallest of all labels."""
+    norms, index = nc_index
+    assert min(norms, key=norms.get) == 0
+    assert norms[0] <= 16
+    assert index[0] > 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known limit: classes 6 (stripes) and 7 (checker) have natural small shortcuts close to the "
+                          "checkerboard trigger, so the target's MAD index is ~1-2; see docs/defenses/neural_cleanse.md",
+                   strict=False)
+def test_neural_cleanse_flags_the_badnets_target(nc_index):
+    _, index = nc_index
+    assert index[0] > 2.0
 
 
 # ------------------------------------------------------------------------------------------ data level

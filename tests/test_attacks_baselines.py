@@ -3,7 +3,6 @@ round trips, and — end to end on the tiny synthetic data — a t-MAP lift over
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -198,7 +197,6 @@ def test_blended_and_sig_lift_t_map_over_the_clean_model(run_benchmark, tmp_path
         assert row.t_map > row.t_map_clean_model + margin, (name, row.t_map, row.t_map_clean_model)
 
 
-@pytest.mark.slow
 def test_ciba_wanet_issba_lift_t_map_over_the_clean_model(run_benchmark, tmp_path):
     """The learned and invisible attacks, CIBA with a CPU-sized patch schedule (WaNet at its defaults measured
     0.37 vs 0.22 on the clean model)."""

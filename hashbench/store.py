@@ -122,7 +122,8 @@ class Store:
         return None
 
     def is_done(self, kind: str, key: str) -> bool:
-        return self.manifest(kind, key) is not None and not self.manifest(kind, key).get("corrupt")
+        manifest = self.manifest(kind, key)  # read once: `plan` calls this for every stage
+        return manifest is not None and not manifest.get("corrupt")
 
     def load(self, kind: str, key: str, name: str) -> Any:
         path = self.stage_dir(kind, key) / name

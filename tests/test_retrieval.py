@@ -95,6 +95,32 @@ def test_chunking_does_not_change_the_result():
         assert full[i].item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("bits", [3, 130])  # heavy ties at the top-K cut-off; codes spanning three words
+def test_partial_ranking_matches_a_full_stable_sort(bits):
+    g = torch.Generator().manual_seed(bits)
+    q = torch.randint(0, 2, (9, bits), generator=g).float() * 2 - 1
+    db = torch.randint(0, 2, (700, bits), generator=g).float() * 2 - 1
+    ql = torch.nn.functional.one_hot(torch.randint(0, 4, (9,), generator=g), 4)
+    dl = torch.nn.functional.one_hot(torch.randint(0, 4, (700,), generator=g), 4)
+    for topk in (1, 45, 699, 700):
+        aps = average_precisions(q, db, ql, dl, topk=topk)
+        for i in range(9):
+            dist = ((bits - db @ q[i]) / 2).numpy()
+            rel = (dl[np.argsort(dist, kind="stable")[:topk]] @ ql[i] > 0).numpy().astype(float)
+            expected = (np.cumsum(rel) / np.arange(1, topk + 1) * rel).sum() / rel.sum() if rel.sum() else 0.0
+            assert aps[i].item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_blocked_distances_equal_a_direct_count():
+    from hashbench.retrieval import _hamming_words, _pack_words
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(0, 2, (5, 130), generator=g).float() * 2 - 1
+    db = torch.randint(0, 2, (301, 130), generator=g).float() * 2 - 1
+    direct = ((130 - q @ db.T) / 2).numpy()
+    assert np.array_equal(_hamming_words(_pack_words(q), _pack_words(db), block=64), direct)
+
+
 def test_precision_at_k():
     db_labels = onehot([1, 0, 0, 1])
     assert precision_at_k(Q, DB, onehot([0]), db_labels, k=2) == pytest.approx(0.5)

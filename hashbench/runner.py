@@ -43,6 +43,7 @@ from .training import TrainConfig, build_model, train_hash_model
 log = logging.getLogger("hashbench")
 MODEL_FILE = "model.pt"
 DB_CODES_FILE = "database_codes.pt"
+QUERY_CODES_FILE = "query_codes.pt"
 
 
 def cache_dir() -> Path:
@@ -216,13 +217,22 @@ class StageRunner:
         return model
 
     def save_model(self, writer: StageWriter, model: HashModel, splits: DatasetSplits) -> None:
-        """The weights, plus the database codes (packed bits), computed once per model."""
+        """The weights, plus the database and query codes (packed bits), computed once per model: every
+        results row of the model reads them instead of encoding the sets again."""
         writer.save(MODEL_FILE, {k: v.cpu() for k, v in model.state_dict().items()})
-        codes = encode_set(model, splits.database, self.device)
-        writer.save(DB_CODES_FILE, {"packed": pack_codes(codes), "bits": model.bits})
+        for filename, image_set in ((DB_CODES_FILE, splits.database), (QUERY_CODES_FILE, splits.query)):
+            codes = encode_set(model, image_set, self.device)
+            writer.save(filename, {"packed": pack_codes(codes), "bits": model.bits})
 
     def database_codes(self, kind: str, key: str) -> torch.Tensor:
         saved = self.store.load(kind, key, DB_CODES_FILE)
+        return unpack_codes(saved["packed"], int(saved["bits"]))
+
+    def query_codes(self, kind: str, key: str, model: HashModel, splits: DatasetSplits) -> torch.Tensor:
+        """The model's codes of the clean query set; encoded here for stages stored before they were cached."""
+        if QUERY_CODES_FILE not in self.store.manifest(kind, key).get("files", {}):
+            return encode_set(model, splits.query, self.device)
+        saved = self.store.load(kind, key, QUERY_CODES_FILE)
         return unpack_codes(saved["packed"], int(saved["bits"]))
 
     def _surrogate_loader(self, stage_id: str) -> Callable[[], HashModel]:
@@ -484,7 +494,7 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
     db_labels = splits.database.labels
     clean_model = runner.load_model("clean_victim", clean_key)
     clean_db = runner.database_codes("clean_victim", clean_key)
-    clean_query_codes = encode_set(clean_model, splits.query, runner.device)
+    clean_query_codes = runner.query_codes("clean_victim", clean_key, clean_model, splits)
     row: dict[str, Any] = _row_identity(clean_config, stage.config["row"])
     m = writer.manifest["metrics"]
     m["clean_map_clean_model"] = _map(clean_query_codes, clean_db, splits.query.labels, db_labels, topk)
@@ -512,7 +522,8 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
 
     triggered = store.load("attack", attack_key, "triggered_queries.pt")
     trig_idx, trig_images = triggered["indices"], triggered["images"]
-    query_codes = encode_set(model, splits.query, runner.device, transform=purify)
+    query_codes = (encode_set(model, splits.query, runner.device, transform=purify) if purify
+                   else runner.query_codes(model_kind, model_key, model, splits))
     trig_codes = encode_tensor(model, purify(trig_images) if purify else trig_images, runner.device)
     untrig_codes = query_codes[trig_idx]
     target_rows = target.labels.reshape(1, -1).expand(len(trig_idx), -1)

@@ -281,6 +281,26 @@ def test_only_selects_stages_and_what_they_need_and_force_redoes_them(reference,
     assert len(forced.outcomes) == len(reference.plan.stages)
 
 
+def test_results_stored_before_query_codes_were_cached_evaluate_the_same(reference, tmp_path):
+    """Model stages now also store the clean query codes; older stages without them still evaluate,
+    by encoding the queries again, to the same numbers."""
+    import json
+
+    results = tmp_path / "old"
+    shutil.copytree(reference.results, results)
+    for kind in ("clean_victim", "victim"):
+        folder = results / "stages" / reference.stage(kind).id
+        assert (folder / "query_codes.pt").is_file()
+        (folder / "query_codes.pt").unlink()
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["files"]["query_codes.pt"]
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    rerun = run(write_spec(tmp_path / "spec", results), force=["evaluate"])
+    assert not rerun.failures
+    assert {s for s in statuses(rerun).values()} == {"done", "cached"}
+    pd.testing.assert_frame_equal(board(results), reference.board)
+
+
 def test_disk_full_mid_write_fails_clearly_and_corrupts_nothing(reference, tmp_path, monkeypatch):
     results = reference.copy_without(tmp_path / "results", "poison")
     path = write_spec(tmp_path, results)

@@ -198,10 +198,10 @@ def test_two_runs_with_one_seed_give_identical_poisons(prepared, tiny_splits, su
 # ----------------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.slow
 def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
     """The whole target class poisoned (rate 0.1) at the defaults: a clear lift of t-MAP on the backdoored
-    victim only, with poisons far cleaner than BadNets' by PSNR (docs/attacks/badhash.md, Status)."""
+    victim only, with poisons far cleaner than BadNets' by PSNR (docs/attacks/badhash.md, Status).
+    Seed 0 gives 0.295 vs 0.066 (clean model) and 0.166 (untriggered); seeds 1 and 2 lift more."""
     text = benchmark_text(
         tmp_path / "results",
         attacks='[[attack]]\nname = "badhash"\npoison_rate = 0.1\n\n[[attack]]\nname = "badnets"\npoison_rate = 0.1',
@@ -211,8 +211,8 @@ def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
     badhash = frame[frame.attack == "badhash"].iloc[0]
     badnets = frame[frame.attack == "badnets"].iloc[0]
     assert badhash.poison_count == 100
-    assert badhash.t_map > badhash.t_map_clean_model + 0.1
-    assert badhash.t_map > badhash.t_map_untriggered + 0.1
-    assert badhash.poison_psnr >= 28.0
-    assert badhash.poison_psnr > badnets.poison_psnr + 5
+    assert badhash.t_map > badhash.t_map_clean_model + 0.15
+    assert badhash.t_map > badhash.t_map_untriggered + 0.08
+    assert badhash.poison_psnr >= 30.0
+    assert badhash.poison_psnr > badnets.poison_psnr + 6
     assert badhash.poison_linf <= 10 / 255 + 1e-6  # the epsilon bound, in stored grey levels

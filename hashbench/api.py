@@ -289,6 +289,9 @@ class RepairResult:
     model: HashModel
     flagged_labels: list[int] | None = None  # model-level detection: labels judged to be backdoor targets
     report: dict[str, float] = field(default_factory=dict)  # extra numbers for the results row
+    # model-level detection, threshold-free: a suspicion score per examined label (higher = more likely
+    # the target); the runner turns it into the target's rank, as AUROC does for input detectors
+    label_scores: dict[int, float] | None = None
 
 
 class ModelRepair(Defense):

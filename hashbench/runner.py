@@ -452,6 +452,9 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
             target = resolve_target(runner.store.manifest("attack", attack_key)["config"]["target"], splits)
             metrics["flagged_labels"] = list(result.flagged_labels)
             metrics["flagged_target"] = float(any(c in target.classes for c in result.flagged_labels))
+        if result.label_scores:
+            target = resolve_target(runner.store.manifest("attack", attack_key)["config"]["target"], splits)
+            metrics["flagged_target_rank"] = target_rank(result.label_scores, target.classes)
         writer.manifest["has_model"] = True
         runner.save_model(writer, result.model, splits)
     elif isinstance(defense, DataFilter):
@@ -477,6 +480,16 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
         writer.manifest["has_model"] = True
         runner.save_model(writer, model, splits)
     metrics["defense_seconds"] = time.perf_counter() - started
+
+
+def target_rank(label_scores: dict[int, float], target_classes: list[int]) -> float:
+    """1 + the number of labels scored strictly more suspicious than the best-scored target class (1: the
+    target is the prime suspect); NaN when no target class was examined (e.g. beyond ``max_labels``)."""
+    scored = [label_scores[c] for c in target_classes if c in label_scores]
+    if not scored:
+        return float("nan")
+    best = max(scored)
+    return float(1 + sum(score > best for label, score in label_scores.items() if label not in target_classes))
 
 
 def _scores(defense: InputDetector, images: torch.Tensor, ctx: DefenseContext, batch_size: int = 256) -> torch.Tensor:

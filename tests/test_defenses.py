@@ -146,6 +146,28 @@ def test_neural_cleanse_contract_and_unlearning(badnets):
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items()), "unlearning must train"
 
 
+def test_target_rank_counts_labels_more_suspicious_than_the_target():
+    from hashbench.runner import target_rank
+
+    scores = {0: 2.5, 1: 0.3, 2: 3.1, 3: 2.5}
+    assert target_rank(scores, [2]) == 1.0
+    assert target_rank(scores, [0]) == 2.0  # label 2 is more suspicious; the tie with label 3 does not count
+    assert target_rank(scores, [1]) == 4.0
+    assert target_rank(scores, [1, 2]) == 1.0  # multi-label target: its best-scored class counts
+    assert target_rank(scores, [7]) != target_rank(scores, [7])  # NaN: the target was not examined
+
+
+def test_neural_cleanse_ranks_the_badnets_target_first(badnets):
+    """Threshold-free detection: the target has the largest anomaly index of the 10 labels (and, in the
+    runner, ``flagged_target_rank`` = 1) even where the index stays under the flagging threshold."""
+    from hashbench.runner import target_rank
+
+    result = _defense("neural_cleanse", unlearn_epochs=0).repair(badnets.context(0.05))
+    assert sorted(result.label_scores) == list(range(10))
+    assert target_rank(result.label_scores, [0]) == 1.0
+    assert result.report["nc_min_mask_l1"] < result.report["nc_median_mask_l1"] / 3
+
+
 @pytest.fixture(scope="module")
 def nc_index(badnets) -> tuple[dict[int, float], dict[int, float]]:
     """Default Neural Cleanse reversal of every label on the BadNets victim: (mask L1, anomaly index) per label."""

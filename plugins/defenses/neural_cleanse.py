@@ -81,7 +81,8 @@ class NeuralCleanse(ModelRepair):
         if flagged and self.params.unlearn_epochs > 0:
             stamped = self.stamped_clean_set(ctx, flagged)
             report |= final_loss(ctx.train(ctx.model, stamped, epochs=self.params.unlearn_epochs, lr=self.params.unlearn_lr))
-        return RepairResult(ctx.model, flagged_labels=[t.label for t in flagged], report=report)
+        return RepairResult(ctx.model, flagged_labels=[t.label for t in flagged], report=report,
+                            label_scores={t.label: a for t, a in zip(triggers, index.tolist())})
 
     def reverse(self, ctx: DefenseContext, label: int, anchors: torch.Tensor) -> ReversedTrigger:
         """Optimise mask and pattern logits so that stamped clean images of other labels hash nearest to

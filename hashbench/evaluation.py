@@ -89,3 +89,13 @@ def threshold_at_fpr(negative_scores: torch.Tensor, fpr: float = 0.05) -> float:
         return float("inf")
     allowed = int(fpr * len(neg))  # negatives that may lie strictly above t
     return float(neg[len(neg) - 1 - allowed]) if allowed < len(neg) else float("-inf")
+
+
+def target_rank(label_scores: dict[int, float], target_classes: list[int]) -> float:
+    """1 + the number of labels scored strictly more suspicious than the best-scored target class (1: the
+    target is the prime suspect); NaN when no target class was examined (e.g. beyond ``max_labels``)."""
+    scored = [label_scores[c] for c in target_classes if c in label_scores]
+    if not scored:
+        return float("nan")
+    best = max(scored)
+    return float(1 + sum(score > best for label, score in label_scores.items() if label not in target_classes))

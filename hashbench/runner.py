@@ -29,7 +29,7 @@ from .api import (
 from .data import DatasetSplits, ImageSet
 from .devices import peak_memory_mb, resolve_device
 from .errors import ConfigError, PluginError, StageError, StoreError
-from .evaluation import auroc, encode_set, encode_tensor, threshold_at_fpr, tpr_at_fpr
+from .evaluation import auroc, encode_set, encode_tensor, target_rank, threshold_at_fpr, tpr_at_fpr
 from .models import HashModel, freeze
 from .params import build_params
 from .plan import Stage, canonical_json
@@ -480,16 +480,6 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
         writer.manifest["has_model"] = True
         runner.save_model(writer, model, splits)
     metrics["defense_seconds"] = time.perf_counter() - started
-
-
-def target_rank(label_scores: dict[int, float], target_classes: list[int]) -> float:
-    """1 + the number of labels scored strictly more suspicious than the best-scored target class (1: the
-    target is the prime suspect); NaN when no target class was examined (e.g. beyond ``max_labels``)."""
-    scored = [label_scores[c] for c in target_classes if c in label_scores]
-    if not scored:
-        return float("nan")
-    best = max(scored)
-    return float(1 + sum(score > best for label, score in label_scores.items() if label not in target_classes))
 
 
 def _scores(defense: InputDetector, images: torch.Tensor, ctx: DefenseContext, batch_size: int = 256) -> torch.Tensor:

@@ -147,7 +147,7 @@ def test_neural_cleanse_contract_and_unlearning(badnets):
 
 
 def test_target_rank_counts_labels_more_suspicious_than_the_target():
-    from hashbench.runner import target_rank
+    from hashbench.evaluation import target_rank
 
     scores = {0: 2.5, 1: 0.3, 2: 3.1, 3: 2.5}
     assert target_rank(scores, [2]) == 1.0
@@ -160,7 +160,7 @@ def test_target_rank_counts_labels_more_suspicious_than_the_target():
 def test_neural_cleanse_ranks_the_badnets_target_first(badnets):
     """Threshold-free detection: the target has the largest anomaly index of the 10 labels (and, in the
     runner, ``flagged_target_rank`` = 1) even where the index stays under the flagging threshold."""
-    from hashbench.runner import target_rank
+    from hashbench.evaluation import target_rank
 
     result = _defense("neural_cleanse", unlearn_epochs=0).repair(badnets.context(0.05))
     assert sorted(result.label_scores) == list(range(10))

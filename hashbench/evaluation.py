@@ -92,10 +92,14 @@ def threshold_at_fpr(negative_scores: torch.Tensor, fpr: float = 0.05) -> float:
 
 
 def target_rank(label_scores: dict[int, float], target_classes: list[int]) -> float:
-    """1 + the number of labels scored strictly more suspicious than the best-scored target class (1: the
-    target is the prime suspect); NaN when no target class was examined (e.g. beyond ``max_labels``)."""
+    """Where a model-level detector puts the target among the labels it examined, by suspicion score
+    (higher = more suspicious): 1 + the number of non-target labels scored above the best-scored target
+    class + half of those tied with it (mid-rank, as AUROC counts ties: a detector that scores every
+    label alike gets the middle rank, not the first). A target the detector did not examine (beyond
+    ``max_labels``, or absent from the defender's clean data) ranks after every examined label."""
+    others = [score for label, score in label_scores.items() if label not in target_classes]
     scored = [label_scores[c] for c in target_classes if c in label_scores]
     if not scored:
-        return float("nan")
+        return float(len(others) + 1)
     best = max(scored)
-    return float(1 + sum(score > best for label, score in label_scores.items() if label not in target_classes))
+    return 1.0 + sum(score > best for score in others) + 0.5 * sum(score == best for score in others)

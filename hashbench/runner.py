@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -220,6 +221,9 @@ class StageRunner:
         """The weights, plus the database and query codes (packed bits), computed once per model: every
         results row of the model reads them instead of encoding the sets again."""
         writer.save(MODEL_FILE, {k: v.cpu() for k, v in model.state_dict().items()})
+        # encode as a reloaded model would be (training leaves it channels-last on CUDA), so cached codes
+        # and codes encoded at evaluation come from the same kernels
+        model = model.to(memory_format=torch.contiguous_format)
         for filename, image_set in ((DB_CODES_FILE, splits.database), (QUERY_CODES_FILE, splits.query)):
             codes = encode_set(model, image_set, self.device)
             writer.save(filename, {"packed": pack_codes(codes), "bits": model.bits})
@@ -453,6 +457,9 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
             metrics["flagged_labels"] = list(result.flagged_labels)
             metrics["flagged_target"] = float(any(c in target.classes for c in result.flagged_labels))
         if result.label_scores:
+            if not all(isinstance(v, float) and math.isfinite(v) for v in result.label_scores.values()):
+                raise PluginError(f"defense '{defense.name}'.repair returned label_scores that are not all finite "
+                                  f"floats: {result.label_scores}")
             target = resolve_target(runner.store.manifest("attack", attack_key)["config"]["target"], splits)
             metrics["flagged_target_rank"] = target_rank(result.label_scores, target.classes)
         writer.manifest["has_model"] = True

@@ -438,7 +438,7 @@ def _check_repair(who: str, result: Any, splits: DatasetSplits) -> torch.Tensor:
     _require(flagged is None or all(isinstance(c, int) and 0 <= c < splits.num_classes for c in flagged), who,
              "flagged_labels is None or a list of class indices", repr(flagged))
     scores = result.label_scores
-    _require(scores is None or all(isinstance(c, int) and 0 <= c < splits.num_classes and isinstance(v, float)
+    _require(scores is None or isinstance(scores, dict) and all(isinstance(c, int) and 0 <= c < splits.num_classes and isinstance(v, float)
                                    and math.isfinite(v) for c, v in scores.items()), who,
              "label_scores is None or maps class indices to finite float suspicion scores", repr(scores))
     _require(all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in result.report.items()), who,

@@ -211,8 +211,8 @@ def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
     badhash = frame[frame.attack == "badhash"].iloc[0]
     badnets = frame[frame.attack == "badnets"].iloc[0]
     assert badhash.poison_count == 100
-    assert badhash.t_map > badhash.t_map_clean_model + 0.15
-    assert badhash.t_map > badhash.t_map_untriggered + 0.08
+    assert badhash.t_map > badhash.t_map_clean_model + 0.12
+    assert badhash.t_map > badhash.t_map_untriggered + 0.06
     assert badhash.poison_psnr >= 30.0
     assert badhash.poison_psnr > badnets.poison_psnr + 6
     assert badhash.poison_linf <= 10 / 255 + 1e-6  # the epsilon bound, in stored grey levels

@@ -94,12 +94,13 @@ class _ForgetsState(_GoodAttack):
         return (images.int() + getattr(self, "offset", 1)).clamp(0, 255).to(torch.uint8)
 
 
-class _Unseeded(_GoodAttack):
-    """Draws its trigger from an unseeded generator."""
+class _BatchDependent(_GoodAttack):
+    """Shifts each image by an amount taken from its whole batch (its mean), so an image's trigger
+    depends on which other images are triggered with it."""
 
     def trigger(self, images, ctx):
-        noise = torch.randint(1, 30, (1,), generator=torch.Generator().manual_seed(torch.seed()))
-        return (images.int() + int(noise)).clamp(0, 255).to(torch.uint8)
+        shift = 1 + int(images.float().mean()) % 29
+        return (images.int() + shift).clamp(0, 255).to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class _Undocumented(_GoodAttack):
         (_DishonestCleanLabel, "poison() passes hashbench.runner.validate_poisoning"),
         (_WrongCount, "poison() poisons ctx.poison_count() samples (poison_rate × training-set size)"),
         (_ForgetsState, "an attack restored with load_state_dict(state_dict()) triggers queries as the prepared one does"),
-        (_Unseeded, "trigger() treats each image independently of its batch (the runner triggers in batches)"),
+        (_BatchDependent, "trigger() treats each image independently of its batch (the runner triggers in batches)"),
         (_Undocumented, "every Params field has a one-line doc (hashbench.param)"),
     ],
     ids=lambda v: getattr(v, "__name__", "")[:20],
@@ -145,6 +146,15 @@ class _BadPurifier(hashbench.InputPurifier):
 
     def purify(self, images):
         return images.float()
+
+
+class _NaNSuspicion(hashbench.ModelRepair):
+    """Scores its labels with NaN."""
+
+    name = "nan_suspicion"
+
+    def repair(self, ctx):
+        return hashbench.RepairResult(ctx.model, label_scores={0: float("nan"), 1: 0.5})
 
 
 class _NonScalarLoss(hashbench.HashMethod):
@@ -181,11 +191,12 @@ class _TwoHot(hashbench.Dataset):
     "check,cls,rule",
     [
         (testing.check_defense, _BadPurifier, "purify() returns uint8 images of its input's shape"),
+        (testing.check_defense, _NaNSuspicion, "label_scores is None or maps class indices to finite float suspicion scores"),
         (testing.check_method, _NonScalarLoss, "loss() returns a scalar float tensor"),
         (testing.check_backbone, _WrongWidth, "features have shape (batch, feature_dim)"),
         (testing.check_dataset, _TwoHot, "single-label train labels are one-hot"),
     ],
-    ids=["defense", "method", "backbone", "dataset"],
+    ids=["defense", "repair-scores", "method", "backbone", "dataset"],
 )
 def test_other_checks_name_the_broken_rule(check, cls, rule):
     with pytest.raises(testing.ContractError) as caught:

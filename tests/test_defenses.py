@@ -151,10 +151,11 @@ def test_target_rank_counts_labels_more_suspicious_than_the_target():
 
     scores = {0: 2.5, 1: 0.3, 2: 3.1, 3: 2.5}
     assert target_rank(scores, [2]) == 1.0
-    assert target_rank(scores, [0]) == 2.0  # label 2 is more suspicious; the tie with label 3 does not count
+    assert target_rank(scores, [0]) == 2.5  # label 2 is more suspicious, label 3 ties: half a place
     assert target_rank(scores, [1]) == 4.0
     assert target_rank(scores, [1, 2]) == 1.0  # multi-label target: its best-scored class counts
-    assert target_rank(scores, [7]) != target_rank(scores, [7])  # NaN: the target was not examined
+    assert target_rank({0: 1.0, 1: 1.0, 2: 1.0}, [0]) == 2.0  # no information: the middle, not the top
+    assert target_rank(scores, [7]) == 5.0  # not examined: after all four examined labels
 
 
 def test_neural_cleanse_ranks_the_badnets_target_first(badnets):
@@ -251,3 +252,17 @@ def test_runner_records_detection_repair_and_cost_columns(run_benchmark, tmp_pat
     assert rows["finetune"].t_map < rows["none"].t_map and "repair_final_loss" in frame
     for name in ("blur", "strip", "finetune"):
         assert rows[name].defense_seconds > 0
+
+
+def test_model_detection_rank_reaches_the_results_row(run_benchmark, tmp_path):
+    """Neural Cleanse's anomaly indices become ``flagged_target_rank`` in its row (cheap settings: three
+    labels examined, so the rank is 1 to 3 when the target is among them and 4 when it is not)."""
+    from test_faults import tiny_text
+
+    text = tiny_text(tmp_path / "results") + (
+        '\n[[defense]]\nname = "neural_cleanse"\nmax_labels = 3\nsteps = 5\nunlearn_epochs = 0\n')
+    result, frame = run_benchmark(text)
+    assert not result.failures
+    row = frame[frame.defense == "neural_cleanse"].iloc[0]
+    assert row.flagged_target_rank in {1.0, 1.5, 2.0, 2.5, 3.0, 4.0}
+    assert row.nc_labels_reversed == 3.0

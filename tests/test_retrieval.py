@@ -111,6 +111,25 @@ def test_partial_ranking_matches_a_full_stable_sort(bits):
             assert aps[i].item() == pytest.approx(expected, abs=1e-12)
 
 
+def test_top_k_order_equals_a_stable_argsort():
+    from hashbench.retrieval import _top_k_order
+
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 17, 500, dtype=np.uint8), np.full(300, 4, dtype=np.uint8),
+            rng.integers(0, 300, 400).astype(np.uint16)]
+    for row in rows:
+        for k in (1, 7, len(row) - 1, len(row)):
+            assert np.array_equal(_top_k_order(row, k), np.argsort(row, kind="stable")[:k])
+
+
+def test_codes_of_256_bits_and_more_do_not_wrap():
+    q = np.ones((1, 300))
+    db = np.stack([np.r_[-np.ones(256), np.ones(44)], np.r_[-np.ones(10), np.ones(290)]])  # distances 256, 10
+    labels = np.eye(2)
+    # a uint8 count would wrap 256 to 0 and put d0 first
+    assert average_precisions(q, db, labels[[1]], labels, topk=1).item() == 1.0
+
+
 def test_blocked_distances_equal_a_direct_count():
     from hashbench.retrieval import _hamming_words, _pack_words
 

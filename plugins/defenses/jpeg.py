@@ -34,7 +34,7 @@ class Jpeg(InputPurifier):
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, format="JPEG", quality=self.params.quality)
             buffer.seek(0)
-            out[i] = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
+            out[i] = torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1)
         return out
 
 

@@ -21,7 +21,7 @@ MAD_CONSISTENCY = 1.4826  # makes the median absolute deviation estimate a norma
 
 @dataclass(frozen=True)
 class NeuralCleanseParams:
-    max_labels: int = param(10, "candidate labels reversed, those with the most clean samples first (bounds the cost)")
+    max_labels: int = param(10, "candidate labels reversed, drawn in a seeded random order from those in the clean subset (bounds the cost)")
     steps: int = param(150, "optimisation steps per candidate label")
     batch_size: int = param(16, "clean images per optimisation step")
     lr: float = param(0.1, "Adam learning rate of the mask and pattern logits")

@@ -120,13 +120,20 @@ def statuses(result) -> dict[str, str]:
     return {sid: o.status for sid, o in result.outcomes.items()}
 
 
+def _niced_with_default_sigint() -> None:
+    os.nice(10)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(path: Path, *extra: str) -> subprocess.Popen:
     """``hashbench run`` in its own process, as a user would start it."""
     # niced: on a busy machine the polling test process must notice a stage's temporary folder while
-    # the stage is still running, not after the run has finished
+    # the stage is still running, not after the run has finished. SIGINT is reset to its default: a
+    # test session started in the background (`cmd &` in a script) ignores it, and Python would then
+    # never raise KeyboardInterrupt in the child
     return subprocess.Popen([sys.executable, "-m", "hashbench.cli", "run", str(path), "-q", *extra], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"}, preexec_fn=lambda: os.nice(10))
+                            env=os.environ | {"OMP_NUM_THREADS": "1"}, preexec_fn=_niced_with_default_sigint)
 
 
 def wait_for_temporary(proc: subprocess.Popen, folder: Path, timeout: float = 120) -> None:

@@ -232,6 +232,17 @@ def test_activation_clustering_contract(badnets):
     assert result.report["removed_fraction"] == pytest.approx(float((~result.keep).double().mean()))
 
 
+def test_activation_clustering_scores_separate_badnets_poisons_where_the_smaller_cluster_rule_fails(badnets):
+    """At rate 0.1 the target label holds about as many poisons as clean images, and the poisons are the
+    *larger* cluster: the paper's smaller-cluster rule ranks them below clean samples, while the default
+    (the cluster lying farther from the other labels) ranks them first (measured 0.953 vs 0.097)."""
+    poison = _is_poison(badnets)
+    typical = _defense("activation_clustering").filter(badnets.context()).scores
+    smaller = _defense("activation_clustering", suspect="smaller").filter(badnets.context()).scores
+    assert auroc(typical[~poison], typical[poison]) > 0.85
+    assert auroc(smaller[~poison], smaller[poison]) < 0.5
+
+
 # ------------------------------------------------------------------------------------------ runner
 
 

@@ -228,16 +228,18 @@ class StageRunner:
             codes = encode_set(model, image_set, self.device)
             writer.save(filename, {"packed": pack_codes(codes), "bits": model.bits})
 
-    def database_codes(self, kind: str, key: str) -> torch.Tensor:
-        saved = self.store.load(kind, key, DB_CODES_FILE)
+    def _stored_codes(self, kind: str, key: str, filename: str) -> torch.Tensor:
+        saved = self.store.load(kind, key, filename)
         return unpack_codes(saved["packed"], int(saved["bits"]))
+
+    def database_codes(self, kind: str, key: str) -> torch.Tensor:
+        return self._stored_codes(kind, key, DB_CODES_FILE)
 
     def query_codes(self, kind: str, key: str, model: HashModel, splits: DatasetSplits) -> torch.Tensor:
         """The model's codes of the clean query set; encoded here for stages stored before they were cached."""
         if QUERY_CODES_FILE not in self.store.manifest(kind, key).get("files", {}):
             return encode_set(model, splits.query, self.device)
-        saved = self.store.load(kind, key, QUERY_CODES_FILE)
-        return unpack_codes(saved["packed"], int(saved["bits"]))
+        return self._stored_codes(kind, key, QUERY_CODES_FILE)
 
     def _surrogate_loader(self, stage_id: str) -> Callable[[], HashModel]:
         """Loads the frozen surrogate on first use, once."""
@@ -355,6 +357,16 @@ def validate_poisoning(attack, poisoning: Poisoning, train: ImageSet) -> None:
         raise PluginError(f"attack '{name}' declares clean_label=True but changed the labels of its poisons")
 
 
+def validate_label_scores(plugin: str, scores: dict[int, float] | None, num_classes: int) -> None:
+    """Enforce the ``RepairResult.label_scores`` contract: a wrong score would silently give a wrong
+    ``flagged_target_rank``."""
+    if scores is not None and not (isinstance(scores, dict) and all(
+            isinstance(c, int) and 0 <= c < num_classes and isinstance(v, float) and math.isfinite(v)
+            for c, v in scores.items())):
+        raise PluginError(f"{plugin}: label_scores must map class indices below {num_classes} to finite "
+                          f"floats; got {scores!r}")
+
+
 def run_poison(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     _, attack_key = runner.dep(stage, "attack")
     attack, ctx, _ = _restore_attack(runner, attack_key, writer.dir, stage.config["poison_rate"])
@@ -452,16 +464,14 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
         result = defense.repair(ctx)
         metrics.update(result.report)
         writer.manifest["report_keys"] = sorted(result.report)  # run_evaluate copies these into the row
-        if result.flagged_labels is not None:
+        validate_label_scores(f"defense '{defense.name}'", result.label_scores, splits.num_classes)
+        if result.flagged_labels is not None or result.label_scores:
             target = resolve_target(runner.store.manifest("attack", attack_key)["config"]["target"], splits)
-            metrics["flagged_labels"] = list(result.flagged_labels)
-            metrics["flagged_target"] = float(any(c in target.classes for c in result.flagged_labels))
-        if result.label_scores:
-            if not all(isinstance(v, float) and math.isfinite(v) for v in result.label_scores.values()):
-                raise PluginError(f"defense '{defense.name}'.repair returned label_scores that are not all finite "
-                                  f"floats: {result.label_scores}")
-            target = resolve_target(runner.store.manifest("attack", attack_key)["config"]["target"], splits)
-            metrics["flagged_target_rank"] = target_rank(result.label_scores, target.classes)
+            if result.flagged_labels is not None:
+                metrics["flagged_labels"] = list(result.flagged_labels)
+                metrics["flagged_target"] = float(any(c in target.classes for c in result.flagged_labels))
+            if result.label_scores:
+                metrics["flagged_target_rank"] = target_rank(result.label_scores, target.classes)
         writer.manifest["has_model"] = True
         runner.save_model(writer, result.model, splits)
     elif isinstance(defense, DataFilter):

@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import io
 import json
-import math
 import re
 import tempfile
 import unittest
@@ -62,7 +61,7 @@ from .data import DatasetSplits, ImageSet, TensorImageSet
 from .errors import ConfigError, PluginError
 from .models import HashModel
 from .params import build_params, field_types, params_to_dict
-from .runner import validate_poisoning
+from .runner import validate_label_scores, validate_poisoning
 from .seeding import make_generator, seed_everything
 from .training import TrainConfig, build_model, train_hash_model
 
@@ -437,10 +436,11 @@ def _check_repair(who: str, result: Any, splits: DatasetSplits) -> torch.Tensor:
     flagged = result.flagged_labels
     _require(flagged is None or all(isinstance(c, int) and 0 <= c < splits.num_classes for c in flagged), who,
              "flagged_labels is None or a list of class indices", repr(flagged))
-    scores = result.label_scores
-    _require(scores is None or isinstance(scores, dict) and all(isinstance(c, int) and 0 <= c < splits.num_classes and isinstance(v, float)
-                                   and math.isfinite(v) for c, v in scores.items()), who,
-             "label_scores is None or maps class indices to finite float suspicion scores", repr(scores))
+    try:
+        validate_label_scores(who, result.label_scores, splits.num_classes)
+    except PluginError as exc:
+        raise ContractError(who, "label_scores is None or maps class indices to finite float suspicion scores",
+                            str(exc)) from None
     _require(all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in result.report.items()), who,
              "report maps names to numbers", repr(result.report))
     with torch.no_grad():

@@ -70,7 +70,8 @@ class NeuralCleanse(ModelRepair):
         triggers = [self.reverse(ctx, label, anchors) for label in labels]
         norms = torch.tensor([t.l1 for t in triggers])
         index = anomaly_index(norms)
-        flagged = [t for t, a in zip(triggers, index.tolist()) if a > self.params.threshold]
+        scores = {t.label: a for t, a in zip(triggers, index.tolist())}
+        flagged = [t for t in triggers if scores[t.label] > self.params.threshold]
         report = {
             "nc_anomaly_index": float(index.max()),
             "nc_flagged_count": float(len(flagged)),
@@ -81,8 +82,7 @@ class NeuralCleanse(ModelRepair):
         if flagged and self.params.unlearn_epochs > 0:
             stamped = self.stamped_clean_set(ctx, flagged)
             report |= final_loss(ctx.train(ctx.model, stamped, epochs=self.params.unlearn_epochs, lr=self.params.unlearn_lr))
-        return RepairResult(ctx.model, flagged_labels=[t.label for t in flagged], report=report,
-                            label_scores={t.label: a for t, a in zip(triggers, index.tolist())})
+        return RepairResult(ctx.model, flagged_labels=[t.label for t in flagged], report=report, label_scores=scores)
 
     def reverse(self, ctx: DefenseContext, label: int, anchors: torch.Tensor) -> ReversedTrigger:
         """Optimise mask and pattern logits so that stamped clean images of other labels hash nearest to

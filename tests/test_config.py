@@ -1,5 +1,7 @@
 """Benchmark files: validation errors name the file, the table and the key; lists expand into grids."""
 
+from pathlib import Path
+
 import pytest
 
 from hashbench.config import expand_grid, load_spec, parse_spec
@@ -79,3 +81,9 @@ def test_bad_toml_and_missing_file(tmp_path):
     broken.write_text("[benchmark\nname = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_spec(broken)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_benchmark_file_parses(path):
+    spec = load_spec(path)
+    assert spec.attacks and spec.defenses

@@ -5,6 +5,10 @@ holds one object (or, in multi-label mode, several) whose shape defines its clas
 position, rotation and opacity are random, and the background is a random crop of a real photograph,
 so a clean convnet lands well below mAP 1.0 and well above chance. Deterministic from ``seed`` and
 cached after the first use.
+
+``classes = "colours"`` swaps the shapes for smooth colour fields whose hue defines the class. No class
+there can be drawn with a few strokes (three shapes — cross, stripes, checker — can), so it is the
+known-answer case for defenses that assume only a backdoor target is reachable with a small patch.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,13 +27,16 @@ from hashbench import Dataset, DatasetContext, DatasetSplits, TensorImageSet, ho
 SHAPES = ["disc", "square", "triangle", "cross", "ring", "bar", "stripes", "checker", "half_disc", "l_shape"]
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle_left", "immunohistochemistry",
           "retina", "brick", "grass", "gravel", "camera", "coins", "moon"]
+MAX_HUES = 24  # hues 15 degrees apart: still told apart under the saturation/lighting jitter
 CACHE_FORMAT = 3  # bump when the generator changes so old caches are not reused
 
 
 @dataclass(frozen=True)
 class SyntheticParams:
     image_size: int = param(32, "side of the square images, 8 to 224")
-    num_classes: int = param(10, f"number of classes (shapes), 2 to {len(SHAPES)}")
+    classes: Literal["shapes", "colours"] = param(
+        "shapes", "what defines a class: a shape on a photo crop, or the hue of a smooth colour field (single-label only)")
+    num_classes: int = param(10, f"number of classes, 2 to {len(SHAPES)} (shapes) or {MAX_HUES} (colours)")
     train_per_class: int = param(200, "training images per class (drawn from the database)")
     query_per_class: int = param(20, "query images per class")
     database_per_class: int = param(300, "database images per class (includes the training images)")
@@ -40,8 +48,11 @@ class SyntheticParams:
     def validate(self) -> None:
         if not 8 <= self.image_size <= 224:
             raise ValueError("image_size must be between 8 and 224")
-        if not 2 <= self.num_classes <= len(SHAPES):
-            raise ValueError(f"num_classes must be between 2 and {len(SHAPES)}")
+        most = len(SHAPES) if self.classes == "shapes" else MAX_HUES
+        if not 2 <= self.num_classes <= most:
+            raise ValueError(f"num_classes must be between 2 and {most} with classes = '{self.classes}'")
+        if self.classes == "colours" and self.multi_label:
+            raise ValueError("classes = 'colours' is single-label (an image has one hue); use classes = 'shapes' for multi_label")
         if self.train_per_class > self.database_per_class:
             raise ValueError("train_per_class cannot exceed database_per_class (training images are drawn from the database)")
         if min(self.train_per_class, self.query_per_class, self.database_per_class) < 1:
@@ -126,17 +137,29 @@ def _paint(images: torch.Tensor, classes: torch.Tensor, scale_range: tuple[float
         images[i] = images[i] * (1 - alpha) + colour[i].view(3, 1, 1) * alpha
 
 
+def _colour_fields(classes: torch.Tensor, num_classes: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """One smooth colour field per image: the hue of class k is k / num_classes of the colour wheel (±1.8°
+    of jitter), with random saturation, brightness and a linear lighting gradient in a random direction."""
+    n = len(classes)
+    hue = (classes.float() / num_classes + (torch.rand(n, generator=g) - 0.5) * 0.01) % 1.0
+    saturation = torch.empty(n).uniform_(0.55, 1.0, generator=g)
+    value = torch.empty(n).uniform_(0.45, 0.95, generator=g)
+    sector = (hue[:, None] * 6 + torch.tensor([5.0, 3.0, 1.0])) % 6  # HSV -> RGB, one offset per channel
+    rgb = value[:, None] * (1 - saturation[:, None] * torch.clamp(torch.minimum(sector, 4 - sector), 0, 1))
+    angle = torch.rand(n, generator=g) * 2 * math.pi
+    coords = (torch.arange(size).float() + 0.5) / size * 2 - 1
+    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+    lighting = 1 + 0.2 * (torch.cos(angle).view(n, 1, 1) * gx + torch.sin(angle).view(n, 1, 1) * gy)
+    return rgb.view(n, 3, 1, 1) * lighting.unsqueeze(1)
+
+
 def generate(params: SyntheticParams, count: int, g: torch.Generator, photos) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` images per class (single-label) or ``count × num_classes`` images (multi-label)."""
     c = params.num_classes
     n = count * c
-    images = _backgrounds(n, params.image_size, photos, g)
     labels = torch.zeros(n, c)
-    if not params.multi_label:
-        classes = torch.arange(c).repeat_interleave(count)
-        _paint(images, classes, (0.5, 0.85), g)
-        labels[torch.arange(n), classes] = 1
-    else:
+    if params.multi_label:
+        images = _backgrounds(n, params.image_size, photos, g)
         k = torch.randint(1, min(params.max_objects, c) + 1, (n,), generator=g)
         for slot in range(int(k.max())):
             rows = torch.nonzero(k > slot).flatten()
@@ -147,12 +170,20 @@ def generate(params: SyntheticParams, count: int, g: torch.Generator, photos) ->
             sub = images[rows]
             _paint(sub, chosen, (0.25, 0.45), g)
             images[rows] = sub
+    else:
+        classes = torch.arange(c).repeat_interleave(count)
+        labels[torch.arange(n), classes] = 1
+        if params.classes == "colours":
+            images = _colour_fields(classes, c, params.image_size, g)
+        else:
+            images = _backgrounds(n, params.image_size, photos, g)
+            _paint(images, classes, (0.5, 0.85), g)
     images += torch.randn(images.shape, generator=g) * params.noise
     return images.clamp(0, 1).mul(255).round().to(torch.uint8), labels
 
 
 class Synthetic(Dataset):
-    """Shapes on natural-photo crops; 10 classes at 32×32 by default; optional multi-label mode."""
+    """Shapes on natural-photo crops (or hue-defined colour fields); 10 classes at 32×32 by default; optional multi-label mode."""
 
     name = "synthetic"
     Params = SyntheticParams
@@ -188,7 +219,7 @@ class Synthetic(Dataset):
     def _generate(self) -> dict[str, torch.Tensor]:
         p = self.params
         g = torch.Generator().manual_seed(p.seed)
-        photos = _photos(g)
+        photos = _photos(g) if p.classes == "shapes" else []
         db_images, db_labels = generate(p, p.database_per_class, g, photos)
         q_images, q_labels = generate(p, p.query_per_class, g, photos)
         if p.multi_label:

@@ -74,6 +74,7 @@ class NeuralCleanse(ModelRepair):
         flagged = [t for t in triggers if scores[t.label] > self.params.threshold]
         report = {
             "nc_anomaly_index": float(index.max()),
+            "nc_index_ceiling": index_ceiling(norms),
             "nc_flagged_count": float(len(flagged)),
             "nc_min_mask_l1": float(norms.min()),
             "nc_median_mask_l1": float(norms.median()),
@@ -163,9 +164,21 @@ def reaches(z: torch.Tensor, anchors: torch.Tensor, label: int, radius: int) -> 
 
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """How far below the median each mask norm is, in MAD units (positive = smaller than usual)."""
+    median, spread = _median_and_spread(norms)
+    return (median - norms) / spread
+
+
+def index_ceiling(norms: torch.Tensor) -> float:
+    """The anomaly index a mask of zero pixels would get among ``norms``: median / (1.4826 · MAD). Under
+    the threshold, no label can be flagged however small its mask — the other labels' masks spread too
+    widely — so a run that flags nothing says little about the model."""
+    median, spread = _median_and_spread(norms)
+    return float(median / spread)
+
+
+def _median_and_spread(norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     median = norms.median()
-    mad = MAD_CONSISTENCY * (norms - median).abs().median()
-    return (median - norms) / mad.clamp_min(1e-12)
+    return median, (MAD_CONSISTENCY * (norms - median).abs().median()).clamp_min(1e-12)
 
 
 @hookimpl

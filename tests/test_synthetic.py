@@ -55,13 +55,13 @@ def test_colour_classes_are_smooth_fields_whose_hue_is_the_label(tmp_path):
     splits = load(tmp_path, classes="colours", num_classes=12)
     images, labels = splits.database.all_images().float() / 255, splits.database.labels.argmax(1)
     assert splits.num_classes == 12 and torch.equal(splits.database.labels.sum(1), torch.ones(120))
-    # smooth: neighbouring pixels differ by the noise and the lighting gradient only
-    assert (images[..., 1:] - images[..., :-1]).abs().mean() < 0.05
+    # smooth: neighbouring pixels differ by the noise and the lighting gradient only (shapes: 0.063)
+    assert (images[..., 1:] - images[..., :-1]).abs().mean() < 0.04
     # the hue of the mean colour, on the wheel, sits at label / 12 (30 degrees apart)
     r, g, b = images.mean((2, 3)).unbind(1)
     hue = torch.atan2(3**0.5 * (g - b), 2 * r - g - b) / (2 * torch.pi) % 1.0
     offset = (hue - labels / 12 + 0.5) % 1.0 - 0.5
-    assert offset.abs().max() < 1 / 24, "every image is nearer its own class hue than any other"
+    assert offset.abs().max() < 1 / 72, "within 5 degrees of its class hue (jitter 1.8, lighting and noise)"
 
 
 def test_invalid_parameters_are_config_errors():
@@ -71,5 +71,5 @@ def test_invalid_parameters_are_config_errors():
         instantiate("dataset", {"name": "synthetic", "params": {"num_classes": 12}})
     with pytest.raises(ConfigError, match="'colours' is single-label"):
         instantiate("dataset", {"name": "synthetic", "params": {"classes": "colours", "multi_label": True}})
-    with pytest.raises(ConfigError, match="classes"):
+    with pytest.raises(ConfigError, match="textures"):
         instantiate("dataset", {"name": "synthetic", "params": {"classes": "textures"}})

@@ -137,11 +137,12 @@ def _paint(images: torch.Tensor, classes: torch.Tensor, scale_range: tuple[float
         images[i] = images[i] * (1 - alpha) + colour[i].view(3, 1, 1) * alpha
 
 
-def _colour_fields(classes: torch.Tensor, num_classes: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """One smooth colour field per image: the hue of class k is k / num_classes of the colour wheel (±1.8°
-    of jitter), with random saturation, brightness and a linear lighting gradient in a random direction."""
-    n = len(classes)
-    hue = (classes.float() / num_classes + (torch.rand(n, generator=g) - 0.5) * 0.01) % 1.0
+def _colour_fields(class_ids: torch.Tensor, num_classes: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """One smooth colour field per image (float, about [0, 1]): the hue of class k is k / num_classes of the
+    colour wheel (±1.8° of jitter), with random saturation, brightness and a linear lighting gradient in
+    a random direction."""
+    n = len(class_ids)
+    hue = (class_ids.float() / num_classes + (torch.rand(n, generator=g) - 0.5) * 0.01) % 1.0
     saturation = torch.empty(n).uniform_(0.55, 1.0, generator=g)
     value = torch.empty(n).uniform_(0.45, 0.95, generator=g)
     sector = (hue[:, None] * 6 + torch.tensor([5.0, 3.0, 1.0])) % 6  # HSV -> RGB, one offset per channel
@@ -153,31 +154,39 @@ def _colour_fields(classes: torch.Tensor, num_classes: int, size: int, g: torch.
     return rgb.view(n, 3, 1, 1) * lighting.unsqueeze(1)
 
 
-def generate(params: SyntheticParams, count: int, g: torch.Generator, photos) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` images per class (single-label) or ``count × num_classes`` images (multi-label)."""
+def _paint_several(images: torch.Tensor, labels: torch.Tensor, max_objects: int, g: torch.Generator) -> None:
+    """Multi-label: 1 to ``max_objects`` objects of distinct classes per image, painted in place, and
+    their classes set in ``labels`` (n × classes, zeros on entry)."""
+    n, c = labels.shape
+    k = torch.randint(1, min(max_objects, c) + 1, (n,), generator=g)
+    for slot in range(int(k.max())):
+        rows = torch.nonzero(k > slot).flatten()
+        for row in rows.tolist():  # draw a class this image does not have yet
+            free = torch.nonzero(labels[row] == 0).flatten()
+            labels[row, free[int(torch.randint(len(free), (1,), generator=g))]] = 1
+        chosen = torch.stack([torch.nonzero(labels[r]).flatten()[slot] for r in rows.tolist()])
+        sub = images[rows]
+        _paint(sub, chosen, (0.25, 0.45), g)
+        images[rows] = sub
+
+
+def generate(params: SyntheticParams, count: int, g: torch.Generator, photos: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` images per class (single-label) or ``count × num_classes`` images (multi-label), as
+    uint8 images and multi-hot labels. ``photos`` (the backgrounds) are only used by the shapes."""
     c = params.num_classes
     n = count * c
     labels = torch.zeros(n, c)
     if params.multi_label:
         images = _backgrounds(n, params.image_size, photos, g)
-        k = torch.randint(1, min(params.max_objects, c) + 1, (n,), generator=g)
-        for slot in range(int(k.max())):
-            rows = torch.nonzero(k > slot).flatten()
-            for row in rows.tolist():  # draw a class this image does not have yet
-                free = torch.nonzero(labels[row] == 0).flatten()
-                labels[row, free[int(torch.randint(len(free), (1,), generator=g))]] = 1
-            chosen = torch.stack([torch.nonzero(labels[r]).flatten()[slot] for r in rows.tolist()])
-            sub = images[rows]
-            _paint(sub, chosen, (0.25, 0.45), g)
-            images[rows] = sub
+        _paint_several(images, labels, params.max_objects, g)
     else:
-        classes = torch.arange(c).repeat_interleave(count)
-        labels[torch.arange(n), classes] = 1
+        class_ids = torch.arange(c).repeat_interleave(count)
+        labels[torch.arange(n), class_ids] = 1
         if params.classes == "colours":
-            images = _colour_fields(classes, c, params.image_size, g)
+            images = _colour_fields(class_ids, c, params.image_size, g)
         else:
             images = _backgrounds(n, params.image_size, photos, g)
-            _paint(images, classes, (0.5, 0.85), g)
+            _paint(images, class_ids, (0.5, 0.85), g)
     images += torch.randn(images.shape, generator=g) * params.noise
     return images.clamp(0, 1).mul(255).round().to(torch.uint8), labels
 

@@ -62,6 +62,7 @@ class NeuralCleanse(ModelRepair):
     """Reverse a trigger per label toward its anchor code; flag small-mask outliers (MAD); unlearn them."""
 
     name = "neural_cleanse"
+    version = "2"  # 2: NumPy's median (mean of the middle two), as NC's code; was torch's lower median
     Params = NeuralCleanseParams
 
     def repair(self, ctx: DefenseContext) -> RepairResult:
@@ -77,7 +78,7 @@ class NeuralCleanse(ModelRepair):
             "nc_index_ceiling": index_ceiling(norms),
             "nc_flagged_count": float(len(flagged)),
             "nc_min_mask_l1": float(norms.min()),
-            "nc_median_mask_l1": float(norms.median()),
+            "nc_median_mask_l1": float(norms.quantile(0.5)),
             "nc_labels_reversed": float(len(triggers)),
         }
         if flagged and self.params.unlearn_epochs > 0:
@@ -169,16 +170,18 @@ def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
 
 
 def index_ceiling(norms: torch.Tensor) -> float:
-    """The anomaly index a mask of zero pixels would get among ``norms``: median / (1.4826 · MAD). Under
-    the threshold, no label can be flagged however small its mask — the other labels' masks spread too
-    widely — so a run that flags nothing says little about the model."""
+    """The anomaly index a mask of zero pixels would get against the median and MAD of ``norms``:
+    median / (1.4826 · MAD). Under the threshold, no label can be flagged however small its mask — the
+    other labels' masks spread too widely — so a run that flags nothing says little about the model."""
     median, spread = _median_and_spread(norms)
     return float(median / spread)
 
 
 def _median_and_spread(norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    median = norms.median()
-    return median, (MAD_CONSISTENCY * (norms - median).abs().median()).clamp_min(1e-12)
+    """The median (the mean of the middle two for an even count, as NumPy's, which NC used — not
+    ``torch.median``'s lower one) and 1.4826 · the median absolute deviation from it."""
+    median = norms.float().quantile(0.5)
+    return median, (MAD_CONSISTENCY * (norms - median).abs().quantile(0.5)).clamp_min(1e-12)
 
 
 @hookimpl

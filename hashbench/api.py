@@ -246,16 +246,8 @@ class DefenseContext:
     artifact_dir: Path
     # train(model, image_set, epochs=..., lr=...) runs the victim's own training loop and objective
     train: Callable[..., Any] = field(default=lambda *a, **k: None)
-    # new_model() -> a freshly initialised victim model (same backbone, bits, init seed) on ``device``,
-    # for defenses that retrain from scratch; train it with ``train``
-    new_model: Callable[[], HashModel] = field(default=lambda: _no_new_model())
     log: Callable[..., None] = field(default=lambda **metrics: None)
     progress: Callable[..., Any] = field(default=lambda iterable, **kw: iterable)
-
-
-def _no_new_model() -> HashModel:
-    raise PluginError("this DefenseContext was built without new_model; pass new_model=... (a callable returning "
-                      "a freshly initialised victim model) to let a defense retrain from scratch")
 
 
 class Defense(Plugin):

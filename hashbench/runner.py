@@ -434,7 +434,6 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
         generator=make_generator(config["seed"], "defense", defense.name),
         artifact_dir=writer.dir,
         train=train_fn,
-        new_model=lambda: new_model(config["victim"], splits.image_size, config["seed"]).to(runner.device),
         log=_logger(writer),
         progress=_progress,
     )

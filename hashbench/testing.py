@@ -388,18 +388,9 @@ def _defense_context(splits: DatasetSplits, model: HashModel, seed: int, folder:
 
     folder.mkdir(parents=True, exist_ok=True)
     clean = splits.train.subset(torch.arange(0, len(splits.train), 5))
-    def new_model() -> HashModel:
-        net = copy.deepcopy(model)
-        torch.manual_seed(seed)
-        for module in net.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-        return net
-
     return DefenseContext(model=copy.deepcopy(model), clean_set=clean, train_set=splits.train,
                           num_classes=splits.num_classes, device=CPU, seed=seed,
-                          generator=make_generator(seed, "defense"), artifact_dir=folder, train=train,
-                          new_model=new_model)
+                          generator=make_generator(seed, "defense"), artifact_dir=folder, train=train)
 
 
 def _defense_outcome(cls: type, params: Any, splits: DatasetSplits, model: HashModel, folder: Path) -> torch.Tensor:

@@ -33,20 +33,13 @@ def codes_of_floats(model: HashModel, images: torch.Tensor, batch_size: int = BA
 
 
 @torch.no_grad()
-def codes_of_set(model: HashModel, image_set: ImageSet, device: torch.device) -> torch.Tensor:
-    """±1 codes (CPU float tensor, one row per image) of every image in ``image_set``, batch by batch."""
-    model.eval()
-    rows = [codes_of_floats(model, to_float(images.to(device))).cpu() for images, _, _ in iterate_batches(image_set, BATCH)]
-    return torch.cat(rows) if rows else torch.zeros(0)
-
-
-@torch.no_grad()
 def anchor_codes(model: HashModel, image_set: ImageSet, device: torch.device) -> torch.Tensor:
     """(C, bits) bitwise-majority code of each label over ``image_set`` (0 -> +1, like ``sign_codes``).
 
     Labels without any image get a zero row; callers skip them.
     """
-    codes = codes_of_set(model, image_set, device)
+    model.eval()
+    codes = torch.cat([codes_of_floats(model, to_float(images.to(device))).cpu() for images, _, _ in iterate_batches(image_set, BATCH)])
     summed = image_set.labels.t() @ codes  # (C, bits): votes per label and bit
     present = image_set.labels.sum(0) > 0
     return torch.where(present[:, None], sign_codes(summed), torch.zeros_like(summed))

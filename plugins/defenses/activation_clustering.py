@@ -3,9 +3,7 @@ of the training samples (PCA) and split them with 2-means; one cluster is suspec
 Which one: by default the cluster that lies farther from the other labels' features (poisons are
 hyper-typical of their label in a backdoored model: the trigger is a stronger feature of the target
 than any natural one), or the paper's smaller cluster. A label's suspected cluster is removed when it
-holds less than ``size_threshold`` of the label (the paper's relative-size rule) or, with ``reclassify``,
-when a fresh model trained without any suspected cluster no longer hashes it to its label (the paper's
-exclusionary reclassification)."""
+holds less than ``size_threshold`` of the label (the paper's relative-size rule)."""
 
 from __future__ import annotations
 
@@ -16,7 +14,7 @@ import torch
 
 from hashbench import DataFilter, DefenseContext, FilterResult, hookimpl, param
 
-from ._common import anchor_codes, codes_of_set, label_groups, model_features, pca, two_means
+from ._common import label_groups, model_features, pca, two_means
 
 SILHOUETTE_SAMPLE = 2000  # members of a label used to estimate its silhouette (pairwise distances)
 
@@ -29,17 +27,9 @@ class ActivationClusteringParams:
         "typical", "the suspected cluster of a label: 'typical' = the one farther from the other labels' features; "
                    "'smaller' = the paper's rule")
 
-    reclassify: bool = param(
-        False, "exclusionary reclassification: retrain a fresh victim without every label's suspected cluster and "
-               "remove a cluster when fewer than reclassify_share of its members hash back to their own label "
-               "(replaces the size rule; costs one victim training)")
-    reclassify_share: float = param(0.5, "with reclassify: a cluster is kept when at least this share of it hashes to its own label")
-
     def validate(self) -> None:
         if self.components < 1 or not 0 < self.size_threshold <= 0.5:
             raise ValueError("components must be >= 1 and size_threshold in (0, 0.5]")
-        if not 0 < self.reclassify_share <= 1:
-            raise ValueError("reclassify_share must be in (0, 1]")
 
 
 class ActivationClustering(DataFilter):
@@ -55,8 +45,8 @@ class ActivationClustering(DataFilter):
                                  for m in groups])
         n = len(features)
         scores = torch.full((n,), -1.0)
-        suspects: dict[int, torch.Tensor] = {}  # label -> training-set positions of its suspected cluster
-        small: list[int] = []  # labels whose suspected cluster passes the size rule
+        keep = torch.ones(n, dtype=torch.bool)
+        flagged_labels = 0
         for label, members in enumerate(groups):
             if len(members) < 4:
                 continue
@@ -67,45 +57,11 @@ class ActivationClustering(DataFilter):
             separation = silhouette(reduced, assign, ctx.generator)
             closeness = cluster_closeness(reduced, cluster_centres, suspect)
             scores[members] = torch.maximum(scores[members], separation * closeness)  # multi-label: worst label
-            suspects[label] = members[assign == suspect]
             if float((assign == suspect).double().mean()) < self.params.size_threshold:
-                small.append(label)
-        report: dict[str, float] = {}
-        if self.params.reclassify:
-            shares = self.reclassified_shares(ctx, suspects)
-            removed = [label for label, share in shares.items() if share < self.params.reclassify_share]
-            report["ac_reclassified_min_share"] = min(shares.values(), default=1.0)
-        else:
-            removed = small
-        keep = torch.ones(n, dtype=torch.bool)
-        for label in removed:
-            keep[suspects[label]] = False
-        report |= {"removed_fraction": float((~keep).double().mean()), "ac_flagged_labels": float(len(removed))}
+                keep[members[assign == suspect]] = False
+                flagged_labels += 1
+        report = {"removed_fraction": float((~keep).double().mean()), "ac_flagged_labels": float(flagged_labels)}
         return FilterResult(scores, keep, report=report)
-
-    def reclassified_shares(self, ctx: DefenseContext, suspects: dict[int, torch.Tensor]) -> dict[int, float]:
-        """Exclusionary reclassification: train a fresh victim on the training set without every suspected
-        cluster, hash each cluster with it and return, per label, the share of members whose code is
-        nearest (Hamming) to the anchor of one of their own labels. Genuine members hash back to their
-        label; poisons, with the backdoor no longer learnt, hash to the labels of their source images."""
-        excluded = torch.zeros(len(ctx.train_set), dtype=torch.bool)
-        for members in suspects.values():
-            excluded[members] = True
-        kept = ctx.train_set.subset(torch.nonzero(~excluded).flatten())
-        model = ctx.new_model()
-        ctx.train(model, kept)
-        anchors = anchor_codes(model, kept, ctx.device)
-        absent = (anchors == 0).all(1)  # labels with no kept member have no anchor
-        shares = {}
-        for label, members in suspects.items():
-            if not len(members):
-                continue
-            similarity = codes_of_set(model, ctx.train_set.subset(members), ctx.device) @ anchors.t()
-            similarity[:, absent] = -float("inf")
-            nearest = similarity.argmax(1)
-            own = ctx.train_set.labels[members].gather(1, nearest[:, None]).squeeze(1) > 0
-            shares[label] = float(own.double().mean())
-        return shares
 
     def suspected_cluster(self, assign: torch.Tensor, features: torch.Tensor, centroids: torch.Tensor, label: int) -> int:
         if self.params.suspect == "smaller":

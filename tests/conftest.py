@@ -22,14 +22,19 @@ TINY_DATASET = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_splits():
-    """DatasetSplits of the tiny synthetic dataset (1000 train, 100 query, 1500 database)."""
+def load_tiny(**overrides):
+    """DatasetSplits of the tiny synthetic dataset, with ``overrides`` of its parameters, from the shared cache."""
     from hashbench.runner import instantiate
     from hashbench import DatasetContext
 
-    dataset = instantiate("dataset", {"name": "synthetic", "params": TINY_DATASET})
+    dataset = instantiate("dataset", {"name": "synthetic", "params": TINY_DATASET | overrides})
     return dataset.load(DatasetContext(cache_dir=Path(os.environ["HASHBENCH_CACHE"]) / "datasets", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_splits():
+    """DatasetSplits of the tiny synthetic dataset (1000 train, 100 query, 1500 database)."""
+    return load_tiny()
 
 
 @pytest.fixture(scope="session")

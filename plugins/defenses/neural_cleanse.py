@@ -78,7 +78,7 @@ class NeuralCleanse(ModelRepair):
             "nc_index_ceiling": index_ceiling(norms),
             "nc_flagged_count": float(len(flagged)),
             "nc_min_mask_l1": float(norms.min()),
-            "nc_median_mask_l1": float(norms.quantile(0.5)),
+            "nc_median_mask_l1": float(_median_and_spread(norms)[0]),
             "nc_labels_reversed": float(len(triggers)),
         }
         if flagged and self.params.unlearn_epochs > 0:

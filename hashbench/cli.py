@@ -143,6 +143,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .fetch import CATALOGUE, catalogue_rows, fetch
+
+    if args.list or not args.name:
+        print(tabulate(catalogue_rows(args.root), headers=["name", "size", "goes to", "what"], tablefmt="simple"))
+        print("\nhashbench fetch NAME [--root DIR]; see docs/datasets.md")
+        return 0
+    fetch(CATALOGUE[args.name], args.root, progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hashbench", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each training epoch")
@@ -186,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", help="a results directory")
     report.add_argument("--output", help="folder for the report (default: the results directory)")
     report.set_defaults(func=_cmd_report)
+
+    from .fetch import CATALOGUE
+
+    fetch = sub.add_parser("fetch", help="download a public dataset or weight file, check its published checksum "
+                                         "and unpack it where hashbench reads it (run never downloads)")
+    fetch.add_argument("name", nargs="?", choices=list(CATALOGUE), help="what to fetch (none: list them)")
+    fetch.add_argument("--root", help="folder to put it in (weights: the TORCH_HOME to use); default: where "
+                                      "the dataset or torch looks by default")
+    fetch.add_argument("--list", action="store_true", help="list what can be fetched, where it goes and its size")
+    fetch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    fetch.set_defaults(func=_cmd_fetch)
 
     from .plugins import get_registry
 

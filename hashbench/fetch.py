@@ -194,7 +194,7 @@ def fetch(source: Source, root: str | None = None, *, progress: bool = True,
         say(f"{source.name}: downloaded {path} (checksum matches)")
     if source.kind == "archive":
         archive = folder / source.downloads[0].filename
-        _unpack(archive, folder, source)
+        _unpack(archive, folder, source, rerun)
         archive.unlink()
         say(f"{source.name}: unpacked into {folder / source.folder}")
     if source.kind == "weights":
@@ -223,7 +223,7 @@ def _download(download: Download, path: Path, source: Source, rerun: str, progre
 
     url = download.source_url()
     if len(source.downloads) == 1:
-        what = f"Download it on a machine with network access to {path}"
+        what = f"Download it on a machine with network access and put it at {path}"
     else:
         names = ", ".join(d.filename for d in source.downloads)
         what = f"Download {names} from {url.rsplit('/', 1)[0]}/ on a machine with network access into {path.parent}"
@@ -270,7 +270,7 @@ def _why(exc: BaseException) -> str:
     return str(reason) or type(reason).__name__
 
 
-def _unpack(archive: Path, folder: Path, source: Source) -> None:
+def _unpack(archive: Path, folder: Path, source: Source, rerun: str) -> None:
     """Unpack ``archive`` into ``folder`` after checking every member; nothing is written unless all are safe."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -292,8 +292,7 @@ def _unpack(archive: Path, folder: Path, source: Source) -> None:
                 shutil.rmtree(scratch, ignore_errors=True)
     except (tarfile.TarError, EOFError, OSError) as exc:
         archive.unlink(missing_ok=True)
-        raise FetchError(f"{archive} cannot be unpacked ({exc}); it was removed: run `hashbench fetch "
-                         f"{source.name}` again") from None
+        raise FetchError(f"{archive} cannot be unpacked ({exc}); it was removed: run `{rerun}` again") from None
     except FetchError:
         archive.unlink(missing_ok=True)
         raise

@@ -22,8 +22,11 @@ from .api import (
     Plugin,
     Poisoning,
     RepairResult,
+    SplitSizes,
     Target,
     ThreatModel,
+    Work,
+    WorkSizes,
 )
 from .data import DatasetSplits, ImageSet, TensorImageSet, iterate_batches, to_float, to_uint8
 from .errors import ConfigError, DataError, HashbenchError, PluginError, StageError, StoreError

@@ -81,6 +81,16 @@ class Backbone(Plugin):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many images each split holds and their side, known without decoding one (``Dataset.sizes``)."""
+
+    train: int
+    query: int
+    database: int
+    image_size: int
+
+
 @dataclass
 class DatasetContext:
     cache_dir: Path  # where a dataset may cache what it generates or converts
@@ -94,6 +104,37 @@ class Dataset(Plugin):
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         raise NotImplementedError
+
+    def sizes(self) -> SplitSizes | None:
+        """The split sizes, cheaply (from the parameters, the protocol or by counting list lines, never by
+        decoding); ``hashbench plan --estimate`` uses them. Default: None, shown there as unknown."""
+        return None
+
+
+# ------------------------------------------------------------------------------------- cost estimates
+
+
+@dataclass(frozen=True)
+class WorkSizes:
+    """What a cost estimate knows of a stage (see ``Attack.estimated_work``)."""
+
+    train: int  # training-set size
+    query: int
+    database: int
+    poisons: int  # the attack's poison count (0 in an attack stage: the rate is applied later)
+    clean: int  # the defender's clean samples (0 for attacks)
+    epochs: int  # the victim's training epochs
+
+
+@dataclass(frozen=True)
+class Work:
+    """Image passes through a victim-sized network: ``train`` forward+backward, ``encode`` forward only."""
+
+    train: float = 0.0
+    encode: float = 0.0
+
+    def __add__(self, other: "Work") -> "Work":
+        return Work(self.train + other.train, self.encode + other.encode)
 
 
 # --------------------------------------------------------------------------------------------- attacks
@@ -201,6 +242,11 @@ class Attack(Plugin):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        """What ``prepare`` and ``trigger`` cost, for ``hashbench plan --estimate``. Default: nothing (a
+        fixed trigger); an attack that trains (a generator, a patch against a surrogate) says how much."""
+        return Work()
+
     # The two standard recipes; an attack whose poisons are just its triggered images returns one of them.
     def relabelled_poisons(self, ctx: AttackContext, batch_size: int = 256) -> Poisoning:
         """Poison-label: ``poison_count()`` non-target training images, triggered, relabelled to the target."""
@@ -256,6 +302,11 @@ class Defense(Plugin):
     kind = "defense"
     level: ClassVar[DefenseLevel] = "input"
     role: ClassVar[str] = ""
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        """What the defense's own code costs, for ``hashbench plan --estimate`` (the runner adds its share:
+        encoding a repaired model's database, retraining after a filter). Default: nothing."""
+        return Work()
 
 
 class InputPurifier(Defense):

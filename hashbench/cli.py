@@ -61,10 +61,28 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.file)
     plan = build_plan(spec)
     status = plan_status(plan, Store(spec.settings.results))
+    if args.estimate:
+        return _print_estimate(args, spec, plan, status)
     rows = [[s.kind, s.key, status[s.id], s.label] for s in plan.ordered()]
     print(tabulate(rows, headers=["kind", "key", "status", "stage"], tablefmt="github"))
     todo = sum(1 for v in status.values() if v != "cached")
     print(f"\n{len(rows)} stages: {len(rows) - todo} cached, {todo} to run")
+    return 0
+
+
+def _print_estimate(args: argparse.Namespace, spec, plan, status: dict[str, str]) -> int:
+    """`plan --estimate`: stages per kind and their estimated compute (hashbench.estimate)."""
+    from .devices import resolve_device
+    from .errors import ConfigError
+    from .estimate import ThroughputTable, estimate_plan, format_estimate, parse_throughput
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {args.workers}")
+    table = ThroughputTable(resolve_device(args.device or spec.settings.device), parse_throughput(args.throughput))
+    todo = {stage_id for stage_id, state in status.items() if state != "cached"}
+    print(format_estimate(estimate_plan(plan, todo, table), args.workers))
+    if len(todo) < len(status):
+        print(f"{len(status) - len(todo)} cached stages are not counted.")
     return 0
 
 
@@ -174,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="list the stages of a benchmark and which are cached")
     plan.add_argument("file")
+    plan.add_argument("--estimate", action="store_true", help="instead of the stages: their count and estimated compute per kind")
+    plan.add_argument("--workers", type=int, default=1, help="--estimate: how the compute splits over N workers (Ray)")
+    plan.add_argument("--throughput", metavar="K=V,...", help="--estimate: your machine's train=, encode= (images/s) "
+                      "and retrieval= (pairs/s) instead of measuring here")
+    plan.add_argument("--device", help="--estimate: where to measure throughput (default: the file's device)")
     plan.set_defaults(func=_cmd_plan)
 
     plugins = sub.add_parser("plugins", help="list plugins with their parameters")

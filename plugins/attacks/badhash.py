@@ -31,6 +31,8 @@ from hashbench import (
     Poisoning,
     Target,
     ThreatModel,
+    Work,
+    WorkSizes,
     hookimpl,
     iterate_batches,
     param,
@@ -224,6 +226,11 @@ class BadHash(Attack):
         self.lpips_in_loss = False
 
     # -- prepare ---------------------------------------------------------------------------------
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        # every epoch passes the training set through the generator, the surrogate and the discriminator
+        p = self.params
+        return Work(encode=sizes.poisons) if sizes.poisons else Work(train=(p.epochs + p.epochs_decay) * sizes.train)
 
     def prepare(self, ctx: AttackContext) -> None:
         """Train LabCLN, choose c, then train the generator against the frozen surrogate."""

@@ -22,6 +22,8 @@ from hashbench import (
     PluginError,
     Poisoning,
     ThreatModel,
+    Work,
+    WorkSizes,
     hookimpl,
     param,
     sign_codes,
@@ -137,6 +139,12 @@ class Ciba(Attack):
         super().__init__(params)
         self.patch: torch.Tensor | None = None
         self.anchor: torch.Tensor | None = None
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        p = self.params
+        if sizes.poisons:  # signed-gradient steps through the surrogate on every poison
+            return Work(train=p.perturb_steps * sizes.poisons)
+        return Work(train=p.patch_steps * p.patch_batch)
 
     def prepare(self, ctx: AttackContext) -> None:
         model = ctx.surrogate.to(ctx.device).eval()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench import Attack, AttackContext, PluginError, Poisoning, ThreatModel, hookimpl, param, to_float, to_uint8
+from hashbench import Attack, AttackContext, PluginError, Poisoning, ThreatModel, Work, WorkSizes, hookimpl, param, to_float, to_uint8
 
 POOL_SIZE = 4096  # at most this many training images are kept on the device to train the encoder
 SECRET_DOWNSAMPLE = 8  # the secret is spread over a map at 1/8 of the image side, then upsampled (StegaStamp)
@@ -125,6 +125,10 @@ class Issba(Attack):
         super().__init__(params)
         self.encoder: Encoder | None = None
         self.secret = fixed_secret(self.params.secret_bits, self.params.secret_seed)
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        # the encoder/decoder is far smaller than a victim: counted as victim passes, an upper bound
+        return Work() if sizes.poisons else Work(train=self.params.steps * self.params.batch_size)
 
     def prepare(self, ctx: AttackContext) -> None:
         p = self.params

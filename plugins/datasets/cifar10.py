@@ -21,13 +21,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, TensorImageSet, hookimpl, param
+from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, SplitSizes, TensorImageSet, hookimpl, param
 
 from .files import ResizedTensorImageSet, one_hot, per_class_split, require_files
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
+NUM_TRAIN, NUM_TEST = 50_000, 10_000  # images in the five training batches and in the test batch
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 # (module, name) pairs numpy's array pickles refer to (numpy 1.x and 2.x spellings), plus the bytes
@@ -100,6 +101,14 @@ class CIFAR10(Dataset):
     Params = CIFAR10Params
     # Needs files on disk: tests/test_datasets.py checks this loader on files written in the real format.
     testing_params = None
+
+    def sizes(self) -> SplitSizes:
+        p = self.params
+        if p.protocol == "cifar10-2":
+            return SplitSizes(NUM_TRAIN, NUM_TEST, NUM_TRAIN, p.image_size)
+        train, query = 10 * p.train_per_class, 10 * p.query_per_class
+        rest = NUM_TRAIN + NUM_TEST - query
+        return SplitSizes(train, query, rest - train if p.protocol == "cifar10" else rest, p.image_size)
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         p = self.params

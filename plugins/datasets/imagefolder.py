@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, hookimpl, param
+from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, SplitSizes, hookimpl, param
 
 from .files import IMAGE_SUFFIXES, FileImageSet, one_hot, per_class_split
 
@@ -59,6 +59,19 @@ class ImageFolder(Dataset):
     Params = ImageFolderParams
     # Needs files on disk: tests/test_datasets.py checks this loader on files written in the real format.
     testing_params = None
+
+    def sizes(self) -> SplitSizes | None:
+        """Counted from the folders (no image is opened); None when root does not exist."""
+        p = self.params
+        root = Path(p.root).expanduser()
+        if not root.is_dir():
+            return None
+        if all((root / s).is_dir() for s in SPLIT_FOLDERS):
+            train, query, database = (sum(map(len, scan(root / s).values())) for s in SPLIT_FOLDERS)
+            return SplitSizes(train, query, database, p.image_size)
+        classes = scan(root)
+        query = p.query_per_class * len(classes)
+        return SplitSizes(p.train_per_class * len(classes), query, sum(map(len, classes.values())) - query, p.image_size)
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         root = Path(self.params.root).expanduser()

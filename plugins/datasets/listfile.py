@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, hookimpl, param
+from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, SplitSizes, hookimpl, param
 
 from .files import FileImageSet, require_files
 
@@ -31,13 +31,22 @@ class Preset:
     topk: int
     multi_label: bool
     source: str  # where the lists and images come from
+    # (train, query, database) lines of those lists, for cost estimates before the data is on disk:
+    # train and query counted in DeepHash-pytorch's lists; NUS-WIDE's database is its 195,834 images of the
+    # 21 concepts minus the 2,100 queries, COCO's HashNet's 122,218 minus 5,000 queries; ImageNet-100's
+    # database (the 100 classes' ILSVRC-2012 training images) is approximate: 1,281 a class on average
+    sizes: tuple[int, int, int]
 
 
 PRESETS = {
-    "nuswide21": Preset(21, 5000, True, "DeepHash-pytorch data/nuswide_21 lists; images from the NUS-WIDE site"),
-    "coco": Preset(80, 5000, True, "DeepHash-pytorch data/coco lists; images from cocodataset.org (train2014/val2014)"),
-    "imagenet100": Preset(100, 1000, False, "DeepHash-pytorch data/imagenet lists; images from ILSVRC-2012"),
-    "flickr25k": Preset(38, 5000, True, "DeepHash-pytorch data/mirflickr lists; images from MIRFLICKR-25000"),
+    "nuswide21": Preset(21, 5000, True, "DeepHash-pytorch data/nuswide_21 lists; images from the NUS-WIDE site",
+                        (10_500, 2_100, 193_734)),
+    "coco": Preset(80, 5000, True, "DeepHash-pytorch data/coco lists; images from cocodataset.org (train2014/val2014)",
+                   (10_000, 5_000, 117_218)),
+    "imagenet100": Preset(100, 1000, False, "DeepHash-pytorch data/imagenet lists; images from ILSVRC-2012",
+                          (13_000, 5_000, 128_100)),
+    "flickr25k": Preset(38, 5000, True, "DeepHash-pytorch data/mirflickr lists; images from MIRFLICKR-25000",
+                        (4_000, 1_000, 20_000)),
 }
 
 
@@ -70,6 +79,15 @@ def parse_labels(rows: list[list[str]], where: str) -> torch.Tensor:
     return torch.from_numpy(labels.reshape(len(rows), -1))
 
 
+def count_list(list_dir: Path, stem: str) -> int | None:
+    """Images listed for one split (non-blank lines), without parsing them; None without a list."""
+    for name in (f"{stem}.txt", f"{stem}_img.txt"):
+        if (list_dir / name).is_file():
+            with open(list_dir / name, "rb") as f:
+                return sum(1 for line in f if line.strip())
+    return None
+
+
 def read_list(list_dir: Path, stem: str) -> tuple[list[str], torch.Tensor]:
     """(paths, labels) of one split, from ``stem.txt`` or ``stem_img.txt`` + ``stem_label.txt``."""
     single, images, labels = list_dir / f"{stem}.txt", list_dir / f"{stem}_img.txt", list_dir / f"{stem}_label.txt"
@@ -95,6 +113,18 @@ class ListFile(Dataset):
     Params = ListFileParams
     # Needs files on disk: tests/test_datasets.py checks this loader on files written in the real format.
     testing_params = None
+
+    def sizes(self) -> SplitSizes | None:
+        """Counted in the lists when they are on disk, else the preset's; None for neither."""
+        p = self.params
+        list_dir = Path(p.list_dir or p.root).expanduser()
+        counts = [count_list(list_dir, SPLITS[split]) for split in ("train", "query", "database")]
+        if None in counts:
+            preset = PRESETS.get(p.preset)
+            if preset is None:
+                return None
+            counts = list(preset.sizes)
+        return SplitSizes(*counts, p.image_size)
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         p = self.params

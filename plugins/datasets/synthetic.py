@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from hashbench import Dataset, DatasetContext, DatasetSplits, TensorImageSet, hookimpl, param
+from hashbench import Dataset, DatasetContext, DatasetSplits, SplitSizes, TensorImageSet, hookimpl, param
 
 SHAPES = ["disc", "square", "triangle", "cross", "ring", "bar", "stripes", "checker", "half_disc", "l_shape"]
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "motorcycle_left", "immunohistochemistry",
@@ -197,6 +197,11 @@ class Synthetic(Dataset):
     name = "synthetic"
     Params = SyntheticParams
     testing_params = {"num_classes": 4, "train_per_class": 5, "query_per_class": 3, "database_per_class": 10}
+
+    def sizes(self) -> SplitSizes:
+        p = self.params
+        c = p.num_classes
+        return SplitSizes(p.train_per_class * c, p.query_per_class * c, p.database_per_class * c, p.image_size)
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         p = self.params

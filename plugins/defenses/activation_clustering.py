@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from hashbench import DataFilter, DefenseContext, FilterResult, hookimpl, param
+from hashbench import DataFilter, DefenseContext, FilterResult, Work, WorkSizes, hookimpl, param
 
 from ._common import label_groups, model_features, pca, two_means
 
@@ -37,6 +37,9 @@ class ActivationClustering(DataFilter):
 
     name = "activation_clustering"
     Params = ActivationClusteringParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        return Work(encode=sizes.train)  # the activations of the whole training set
 
     def filter(self, ctx: DefenseContext) -> FilterResult:
         features = model_features(ctx.model, ctx.train_set, ctx.device)

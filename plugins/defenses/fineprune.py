@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from hashbench import DefenseContext, HashModel, ModelRepair, PluginError, RepairResult, hookimpl, iterate_batches, param, to_float
+from hashbench import DefenseContext, HashModel, ModelRepair, PluginError, RepairResult, Work, WorkSizes, hookimpl, iterate_batches, param, to_float
 
 from ._common import BATCH, final_loss, last_module, record_outputs
 
@@ -33,6 +33,9 @@ class FinePrune(ModelRepair):
 
     name = "fineprune"
     Params = FinePruneParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        return Work(train=self.params.epochs * sizes.clean, encode=sizes.clean)  # + the activations
 
     def repair(self, ctx: DefenseContext) -> RepairResult:
         conv = last_module(ctx.model.backbone, (nn.Conv2d,))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hashbench import DefenseContext, ModelRepair, RepairResult, hookimpl, param
+from hashbench import DefenseContext, ModelRepair, RepairResult, Work, WorkSizes, hookimpl, param
 
 from ._common import final_loss
 
@@ -25,6 +25,9 @@ class Finetune(ModelRepair):
 
     name = "finetune"
     Params = FinetuneParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        return Work(train=self.params.epochs * sizes.clean)
 
     def repair(self, ctx: DefenseContext) -> RepairResult:
         report = ctx.train(ctx.model, ctx.clean_set, epochs=self.params.epochs, lr=self.params.lr)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench import DefenseContext, HashModel, ModelRepair, PluginError, RepairResult, hookimpl, param
+from hashbench import DefenseContext, HashModel, ModelRepair, PluginError, RepairResult, Work, WorkSizes, hookimpl, param
 
 from ._common import final_loss, frozen, modules_of, record_outputs
 
@@ -42,6 +42,11 @@ class Nad(ModelRepair):
     Params = NadParams
     # Short schedules for hashbench.testing: the contract, not the defense's strength, is checked there.
     testing_params = {"teacher_epochs": 1, "epochs": 1}
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        # the teacher's fine-tuning, then the student's distillation (the teacher runs forward beside it)
+        p = self.params
+        return Work(train=(p.teacher_epochs + p.epochs) * sizes.clean, encode=p.epochs * sizes.clean)
 
     def repair(self, ctx: DefenseContext) -> RepairResult:
         p = self.params

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hashbench import DefenseContext, ModelRepair, RepairResult, TensorImageSet, hookimpl, param, sign_codes, to_float, to_uint8
+from hashbench import DefenseContext, ModelRepair, RepairResult, TensorImageSet, Work, WorkSizes, hookimpl, param, sign_codes, to_float, to_uint8
 
 from ._common import anchor_codes, final_loss, frozen
 
@@ -64,6 +64,11 @@ class NeuralCleanse(ModelRepair):
     name = "neural_cleanse"
     version = "2"  # 2: NumPy's median (mean of the middle two), as NC's code; was torch's lower median
     Params = NeuralCleanseParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        # a trigger reversed per examined label (at most max_labels), then unlearning on the clean set
+        p = self.params
+        return Work(train=p.max_labels * p.steps * p.batch_size + p.unlearn_epochs * sizes.clean)
 
     def repair(self, ctx: DefenseContext) -> RepairResult:
         anchors = anchor_codes(ctx.model, ctx.clean_set, ctx.device)

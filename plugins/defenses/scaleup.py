@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hashbench import DefenseContext, InputDetector, hookimpl, param, to_float
+from hashbench import DefenseContext, InputDetector, Work, WorkSizes, hookimpl, param, to_float
 
 from ._common import codes_of_floats
 
@@ -26,6 +26,10 @@ class ScaleUp(InputDetector):
 
     name = "scaleup"
     Params = ScaleUpParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        # the image and its amplifications by 2..max_factor, for the clean set, queries and triggered queries
+        return Work(encode=self.params.max_factor * (sizes.clean + 2 * sizes.query))
 
     def score(self, images: torch.Tensor, ctx: DefenseContext) -> torch.Tensor:
         x = to_float(images).to(ctx.device)

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from hashbench import DataFilter, DefenseContext, FilterResult, hookimpl, param
+from hashbench import DataFilter, DefenseContext, FilterResult, Work, WorkSizes, hookimpl, param
 
 from ._common import label_groups, model_features
 
@@ -35,6 +35,9 @@ class Spectral(DataFilter):
 
     name = "spectral"
     Params = SpectralParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        return Work(encode=sizes.train)  # the features of the whole training set
 
     def filter(self, ctx: DefenseContext) -> FilterResult:
         features = model_features(ctx.model, ctx.train_set, ctx.device).double()

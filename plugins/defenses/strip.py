@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hashbench import DefenseContext, InputDetector, hookimpl, param, to_float
+from hashbench import DefenseContext, InputDetector, Work, WorkSizes, hookimpl, param, to_float
 
 from ._common import codes_of_floats
 
@@ -30,6 +30,10 @@ class Strip(InputDetector):
 
     name = "strip"
     Params = StripParams
+
+    def estimated_work(self, sizes: WorkSizes) -> Work:
+        # `overlays` blends of each scored image: the clean set, the queries and the triggered queries
+        return Work(encode=self.params.overlays * (sizes.clean + 2 * sizes.query))
 
     def fit(self, ctx: DefenseContext) -> None:
         """Keep the defender's clean images as the overlay pool, and a seeded generator to draw from it."""

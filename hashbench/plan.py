@@ -18,9 +18,9 @@ from typing import Any, Iterable
 from .config import AttackSpec, BenchmarkSpec, DefenseSpec, PluginSpec, VictimSpec
 from .plugins import Registry, get_registry
 
-STAGE_KINDS = ("clean_victim", "attack", "poison", "victim", "defend", "evaluate")
+STAGE_KINDS = ("pretrain", "clean_victim", "attack", "poison", "victim", "defend", "evaluate")
 # Stages that train a model: executors give them a whole GPU.
-TRAINING_KINDS = {"clean_victim", "attack", "victim", "defend"}
+TRAINING_KINDS = {"pretrain", "clean_victim", "attack", "victim", "defend"}
 
 
 def canonical_json(obj: Any) -> str:
@@ -78,6 +78,16 @@ def _victim_config(dataset: PluginSpec, victim: VictimSpec, seed: int) -> dict[s
     return {"dataset": dataset.identity(), "victim": victim.identity(), "seed": seed}
 
 
+def _pretraining(plan: Plan, dataset: PluginSpec, victim: VictimSpec, seed: int) -> list[Stage]:
+    """The pretrain stage a victim starts from ([] when it trains from scratch). Its key holds only what
+    pretraining reads, so every victim of one dataset, backbone and seed shares it."""
+    recipe = victim.train.pretraining()
+    if recipe is None:
+        return []
+    config = {"dataset": dataset.identity(), "backbone": victim.backbone.identity(), "pretrain": recipe, "seed": seed}
+    return [plan.add("pretrain", config, [], f"pretrain {victim.backbone.name} on {dataset.name} seed={seed}")]
+
+
 def build_plan(spec: BenchmarkSpec, registry: Registry | None = None) -> Plan:
     registry = registry or get_registry()
     plan = Plan(spec)
@@ -86,7 +96,8 @@ def build_plan(spec: BenchmarkSpec, registry: Registry | None = None) -> Plan:
         for dataset in spec.datasets:
             for victim in spec.victims:
                 where = f"{dataset.name} {victim.label()} seed={seed}"
-                clean = plan.add("clean_victim", _victim_config(dataset, victim, seed), [], f"clean victim {where}")
+                pretrained = _pretraining(plan, dataset, victim, seed)
+                clean = plan.add("clean_victim", _victim_config(dataset, victim, seed), pretrained, f"clean victim {where}")
                 plan.add(
                     "evaluate",
                     {"row": {"attack": None, "defense": None}, "seed": seed},
@@ -94,7 +105,7 @@ def build_plan(spec: BenchmarkSpec, registry: Registry | None = None) -> Plan:
                     f"evaluate clean {where}",
                 )
                 for attack in spec.attacks:
-                    _plan_attack(plan, registry, dataset, victim, attack, spec.defenses, clean, target, seed, where)
+                    _plan_attack(plan, registry, dataset, victim, attack, spec.defenses, clean, pretrained, target, seed, where)
     return plan
 
 
@@ -106,6 +117,7 @@ def _plan_attack(
     attack: AttackSpec,
     defenses: list[DefenseSpec],
     clean: Stage,
+    pretrained: list[Stage],
     target: Any,
     seed: int,
     where: str,
@@ -120,7 +132,7 @@ def _plan_attack(
             surrogate = plan.add(
                 "clean_victim",
                 _victim_config(dataset, attack.surrogate, seed),
-                [],
+                _pretraining(plan, dataset, attack.surrogate, seed),
                 f"surrogate {dataset.name} {attack.surrogate.label()} seed={seed}",
             )
         deps.append(surrogate)
@@ -145,7 +157,7 @@ def _plan_attack(
     backdoored = plan.add(
         "victim",
         _victim_config(dataset, victim, seed),
-        [poisoned],
+        [poisoned, *pretrained],
         f"backdoored victim {where} {attack.plugin.name}@{attack.poison_rate}",
     )
     for defense in defenses:
@@ -153,7 +165,7 @@ def _plan_attack(
             "defend",
             {"defense": defense.plugin.identity(), "clean_fraction": defense.clean_fraction, "seed": seed,
              "victim": victim.identity(), "dataset": dataset.identity()},
-            [backdoored, poisoned, prepared],
+            [backdoored, poisoned, prepared, *pretrained],  # a data filter retrains from the pretrained backbone
             f"defend {defense.plugin.name} {where} {attack.plugin.name}",
         )
         plan.add(

@@ -29,12 +29,31 @@ class TrainConfig:
     lr: float = param(1e-3, "learning rate")
     weight_decay: float = param(1e-5, "L2 weight decay")
     optimizer: Literal["adam", "sgd"] = param("adam", "adam or sgd (momentum 0.9)")
+    schedule: Literal["constant", "cosine"] = param("constant", "learning rate: constant, or cosine decay to 0 over the steps")
+    augment: Literal["none", "crop", "crop_flip"] = param(
+        "none", "random crop (zero-padded by 1/8 of the side) and horizontal flip of every training image, poisons included")
     amp: bool = param(True, "bf16 autocast on CUDA (ignored on the CPU)")
     num_workers: int = param(2, "DataLoader workers for file-backed datasets (in-memory sets need none)")
+    pretrain_epochs: int = param(
+        0, "epochs of classifier pretraining of the backbone, shared by every victim of the dataset, backbone "
+           "and seed (0: start from the backbone's own initialisation); see docs/victims.md")
+    pretrain_on: Literal["train", "database"] = param(
+        "database", "images the pretraining classifies: the training split, or every database image (never a query)")
+    pretrain_lr: float = param(3e-3, "learning rate of the pretraining (cosine decay to 0)")
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.pretrain_epochs < 0 or self.pretrain_lr <= 0:
+            raise ValueError("pretrain_epochs must be >= 0 and pretrain_lr > 0")
+
+    def pretraining(self) -> dict[str, object] | None:
+        """What a pretraining stage depends on (None: no pretraining): the keys it reads, nothing else, so
+        victims that differ only in method, bits or fine-tuning share one pretrained backbone."""
+        if self.pretrain_epochs == 0:
+            return None
+        keys = ("pretrain_epochs", "pretrain_on", "pretrain_lr", "batch_size", "weight_decay", "optimizer", "augment")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
@@ -57,6 +76,36 @@ def _optimizer(model: torch.nn.Module, method: HashMethod, config: TrainConfig) 
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-step cosine decay to zero over the whole run, or None for a constant learning rate."""
+    if config.schedule == "constant" or steps == 0:
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+
+
+def augment_batch(images: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """The standard small-image augmentation, on uint8 batches on any device without a host sync.
+
+    ``crop``: zero-pad by side/8 and cut a random window of the original size (4 px at 32 px, as the
+    CIFAR-10 recipe of backdoor benchmarks); ``crop_flip`` also mirrors half the images left-right. The
+    offsets are drawn on the CPU with the training generator, so runs are identical across devices.
+    """
+    if mode == "none":
+        return images
+    n, c, h, w = images.shape
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(images.device, non_blocking=True)
+    rows = (offsets[0, :, None] + torch.arange(h, device=images.device))[:, None, :, None].expand(n, c, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (offsets[1, :, None] + torch.arange(w, device=images.device))[:, None, None, :].expand(n, c, h, w)
+    out = out.gather(3, cols)
+    if mode == "crop_flip":
+        flip = (torch.rand(n, generator=generator) < 0.5).to(images.device, non_blocking=True)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
 def train_hash_model(
     model: HashModel,
     method: HashMethod,
@@ -76,6 +125,8 @@ def train_hash_model(
     model.to(device=device, memory_format=fmt).train()
     method.setup(MethodSetup(train_set.labels.to(device), model.bits, device, generator))
     optimizer = _optimizer(model, method, config)
+    steps_per_epoch = len(train_set) // config.batch_size + (len(train_set) % config.batch_size > 0)
+    schedule = _schedule(optimizer, config, steps_per_epoch * config.epochs)
     pin = device.type == "cuda"
     report = TrainReport()
     started = time.perf_counter()
@@ -89,7 +140,8 @@ def train_hash_model(
             train_set, config.batch_size, shuffle=True, generator=generator,
             num_workers=config.num_workers, pin_memory=pin,
         ):
-            x = to_float(images.to(device, non_blocking=True)).contiguous(memory_format=fmt)
+            images = augment_batch(images.to(device, non_blocking=True), config.augment, generator)
+            x = to_float(images).contiguous(memory_format=fmt)
             y = labels.to(device, non_blocking=True)
             idx = indices.to(device, non_blocking=True)
             with autocast(device, config.amp):
@@ -98,6 +150,8 @@ def train_hash_model(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             detached = loss.detach()
             total += detached
             first_bad_step = torch.where(

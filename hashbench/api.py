@@ -179,6 +179,11 @@ class Poisoning:
     labels: torch.Tensor  # (P, C) multi-hot
 
 
+def poison_count(rate: float, train_size: int) -> int:
+    """``rate`` times ``train_size``, rounded, at least 1: how many images a poison rate poisons."""
+    return max(1, int(round(rate * train_size)))
+
+
 @dataclass
 class AttackContext:
     """Everything an attack may use. The surrogate is built lazily: attacks that need none never pay."""
@@ -202,7 +207,7 @@ class AttackContext:
 
     def poison_count(self) -> int:
         """Number of poisons: ``poison_rate`` times the training-set size, rounded, at least 1."""
-        return max(1, int(round(self.poison_rate * len(self.splits.train))))
+        return poison_count(self.poison_rate, len(self.splits.train))
 
     def choose_poison_indices(self, candidates: torch.Tensor, what: str = "candidate") -> torch.Tensor:
         """Draw ``poison_count()`` positions from ``candidates`` (a bool mask or index tensor), seeded."""

@@ -9,11 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BenchmarkSpec
-from .errors import ConfigError
+from .api import poison_count
+from .config import executor_params
+from .errors import ConfigError, warn
 from .plan import Plan, build_plan
 from .plugins import get_registry
 from .runner import StageOutcome, StageRunner, load_dataset, resolve_target
 from .store import Store
+
+
+# A poison rate whose rounded poison count is off by more than this share of the rate is reported.
+ROUNDING_TOLERANCE = 0.05
 
 
 @dataclass
@@ -32,14 +38,21 @@ class RunResult:
 
 def preflight(spec: BenchmarkSpec) -> None:
     """Load every dataset and resolve the target before anything trains: a missing dataset or a bad
-    target label fails here, not after an hour of training."""
+    target label fails here, not after an hour of training. A poison rate that rounds to a noticeably
+    different number of poisons is reported (the results row gives the real rate as poison_rate_actual)."""
     for dataset in spec.datasets:
         splits = load_dataset(dataset.identity())
         if spec.attacks:
             try:
                 resolve_target(spec.target.label, splits)
             except ConfigError as exc:
-                raise ConfigError(f"{exc} (dataset '{dataset.name}')", f"{spec.path} [target]") from None
+                raise ConfigError(f"{exc.message} (dataset '{dataset.name}')", f"{spec.path} [target]") from None
+        size = len(splits.train)
+        for rate in sorted({attack.poison_rate for attack in spec.attacks}):
+            actual = poison_count(rate, size) / size
+            if abs(actual - rate) > ROUNDING_TOLERANCE * rate:
+                warn(f"poison_rate {rate:g} of the {size} training images of dataset '{dataset.name}' rounds to "
+                     f"{poison_count(rate, size)} poison(s), a rate of {actual:.4g}; results rows give it as poison_rate_actual")
 
 
 def select_stages(plan: Plan, only: list[str] | None) -> set[str]:
@@ -70,6 +83,18 @@ def plan_status(plan: Plan, store: Store) -> dict[str, str]:
     return {s.id: ("cached" if store.is_done(s.kind, s.key) else "to run") for s in plan.ordered()}
 
 
+def stages_to_run(plan: Plan, runner: StageRunner, selected: set[str], forced: set[str]) -> set[str]:
+    """The selected stages a run computes: those not computed, the forced ones, and those whose cached copy
+    fails its checksums together with every selected stage downstream of them (which a run recomputes)."""
+    todo = set(forced)
+    for sid in selected:
+        if runner.verify_once(sid) is not None:
+            todo.add(sid)
+            if runner.store.stage_dir(*sid.split("/")).exists():
+                todo |= plan.dependents(sid) & selected
+    return todo
+
+
 def run_benchmark(
     spec: BenchmarkSpec,
     *,
@@ -85,13 +110,17 @@ def run_benchmark(
     echo = echo or (lambda message: print(message, file=sys.stderr))
     plan = build_plan(spec)
     runner = StageRunner(spec.settings.results, spec.settings.device, log_fn=lambda m: None)
-    runner.store.ensure_writable()
-    runner.store.clean_temporaries()
+    # everything that can be refused is checked before the results folder is created
     preflight(spec)
     selected = select_stages(plan, only)
     forced = matching(plan, force) & selected if force else set()
-    status = plan_status(plan, runner.store)
-    todo = [sid for sid in selected if status[sid] != "cached" or sid in forced]
+    executor_name = executor or spec.settings.executor
+    executor_cls = get_registry().get("executor", executor_name)
+    executor_plugin = executor_cls(_executor_params(spec, executor_name, executor_options or {}))
+    created = not runner.store.root.exists()
+    runner.store.ensure_writable()
+    runner.store.clean_temporaries()
+    todo = stages_to_run(plan, runner, selected, forced)
     echo(f"hashbench: {len(selected)} stages, {len(selected) - len(todo)} cached, {len(todo)} to run "
          f"on {runner.device} -> {Path(spec.settings.results)}")
     from tqdm.auto import tqdm
@@ -107,20 +136,19 @@ def run_benchmark(
         elif outcome.status == "failed":
             bar.write(f"  FAILED  {stage.label}: {outcome.error.splitlines()[0]}", file=sys.stderr)
 
-    executor_name = executor or spec.settings.executor
-    executor_cls = get_registry().get("executor", executor_name)
-    executor_plugin = executor_cls(_executor_params(executor_cls, spec, executor_name, executor_options or {}))
     started = time.perf_counter()
     try:
         outcomes = executor_plugin.execute(plan, runner, selected, forced, progress)
+    except Exception:
+        if created:  # e.g. Ray could not start: leave no empty results folder behind
+            runner.store.remove_empty_folders()
+        raise
     finally:
         bar.close()
     return RunResult(plan, outcomes, time.perf_counter() - started)
 
 
-def _executor_params(executor_cls, spec: BenchmarkSpec, name: str, overrides: dict):
+def _executor_params(spec: BenchmarkSpec, name: str, overrides: dict):
     """The file's ``executor_options`` (when the file names this executor) updated with ``overrides``."""
-    from .params import build_params
-
     options = dict(spec.settings.executor_options) if name == spec.settings.executor else {}
-    return build_params(executor_cls.Params, options | overrides, f"{spec.path} [benchmark] executor_options")
+    return executor_params(get_registry(), name, options | overrides, f"{spec.path} [benchmark]")

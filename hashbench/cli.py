@@ -12,24 +12,42 @@ from pathlib import Path
 from .errors import HashbenchError
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .benchmark import run_benchmark
+def _load_spec(args: argparse.Namespace):
+    """The benchmark file of ``run`` / ``plan`` with the command line's overrides, and the executor options."""
     from .config import load_spec, with_overrides
     from .errors import ConfigError
-    from .report import collect_rows, summary_tables
 
     spec = load_spec(args.file)
-    overrides = {k: v for k, v in {"device": args.device, "results": args.results}.items() if v}
+    overrides = {k: v for k, v in {"device": args.device, "results": args.results}.items() if v is not None}
     if overrides:
         spec = with_overrides(spec, **overrides)
     options = {"address": args.address} if args.address else {}
     if options and (args.executor or spec.settings.executor) != "ray":
         raise ConfigError("--address is an option of the ray executor; add `--executor ray`")
+    return spec, options
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this run: the same file and the same overrides."""
+    import shlex
+
+    words = ["hashbench", "run", args.file]
+    for flag in ("results", "device", "executor", "address"):
+        if getattr(args, flag) is not None:
+            words += [f"--{flag}", getattr(args, flag)]
+    return shlex.join(words)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+    from .report import collect_rows, summary_tables
+
+    spec, options = _load_spec(args)
     try:
         result = run_benchmark(spec, executor=args.executor, only=args.only, force=args.force,
                                executor_options=options, progress_bar=not args.quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished stages are kept; run `hashbench run {args.file}` again to resume.",
+        print(f"\ninterrupted: finished stages are kept; run `{_resume_command(args)}` again to resume.",
               file=sys.stderr)
         return 130
     evaluate_keys = [s.key for s in result.plan.evaluations()]
@@ -53,19 +71,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .benchmark import plan_status
-    from .config import load_spec
+    from .benchmark import matching, plan_status, select_stages
     from .plan import build_plan
     from .store import Store
 
-    spec = load_spec(args.file)
+    spec, _ = _load_spec(args)
     plan = build_plan(spec)
     status = plan_status(plan, Store(spec.settings.results))
+    selected = select_stages(plan, args.only)
+    for sid in matching(plan, args.force) & selected if args.force else ():
+        status[sid] = "to run (forced)"
     if args.estimate:
-        return _print_estimate(args, spec, plan, status)
-    rows = [[s.kind, s.key, status[s.id], s.label] for s in plan.ordered()]
+        return _print_estimate(args, spec, plan, {sid: status[sid] for sid in selected})
+    rows = [[s.kind, s.key, status[s.id], s.label] for s in plan.ordered() if s.id in selected]
     print(tabulate(rows, headers=["kind", "key", "status", "stage"], tablefmt="github"))
-    todo = sum(1 for v in status.values() if v != "cached")
+    todo = sum(1 for row in rows if row[2] != "cached")
     print(f"\n{len(rows)} stages: {len(rows) - todo} cached, {todo} to run")
     return 0
 
@@ -119,28 +139,40 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 _KINDS = ("dataset", "method", "backbone", "attack", "defense", "metric", "exporter", "executor")
 
 
+def _exporter_for(path: Path):
+    """The exporter whose suffix ``path`` ends with (``--leaderboard lb.md`` writes Markdown)."""
+    from .errors import ConfigError
+    from .plugins import get_registry
+
+    if path.is_dir():
+        raise ConfigError(f"--leaderboard {path} is a folder; give a file name such as {path / 'leaderboard.csv'}")
+    by_suffix = {info.cls.suffix: info.cls for info in get_registry().infos("exporter") if info.cls.suffix}
+    if path.suffix not in by_suffix:
+        raise ConfigError(f"--leaderboard {path}: the file name chooses the format; end it with "
+                          f"{', '.join(sorted(by_suffix))} (e.g. leaderboard.csv)")
+    return by_suffix[path.suffix]()
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .files import atomic_output
     from .plugins import get_registry
     from .report import leaderboard, load_results
 
     results = Path(args.results)
-    frame = load_results(results)
-    board = leaderboard(frame)
     registry = get_registry()
-    written = []
-    if args.leaderboard:
-        registry.get("exporter", "csv")().export(board, Path(args.leaderboard))
-        written.append(args.leaderboard)
+    # every destination and format is checked before anything is read or written
+    jobs = [(_exporter_for(Path(args.leaderboard)), Path(args.leaderboard))] if args.leaderboard else []
     for fmt in args.format or []:
         exporter = registry.get("exporter", fmt)()
-        path = Path(args.output or results) / f"leaderboard{exporter.suffix}"
-        exporter.export(board, path)
-        written.append(str(path))
-    if not written:
-        path = results / "leaderboard.csv"
-        registry.get("exporter", "csv")().export(board, path)
-        written.append(str(path))
-    print(f"{len(board)} configurations ({len(frame)} rows over seeds) -> {', '.join(written)}")
+        jobs.append((exporter, Path(args.output or results) / f"leaderboard{exporter.suffix}"))
+    if not jobs:
+        jobs.append((registry.get("exporter", "csv")(), results / "leaderboard.csv"))
+    frame = load_results(results)
+    board = leaderboard(frame)
+    for exporter, path in jobs:
+        with atomic_output(path) as tmp:
+            exporter.export(board, tmp)
+    print(f"{len(board)} configurations ({len(frame)} rows over seeds) -> {', '.join(str(p) for _, p in jobs)}")
     return 0
 
 
@@ -179,24 +211,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log each training epoch")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a benchmark file (resumes: finished stages are reused)")
-    run.add_argument("file")
-    run.add_argument("--device", help="override [benchmark] device (auto | cpu | cuda | cuda:N)")
-    run.add_argument("--results", help="override [benchmark] results directory")
-    run.add_argument("--executor", help="override [benchmark] executor (local | ray)")
-    run.add_argument("--address", help="ray executor: the Ray cluster to join (\"auto\" inside a cluster); default: start Ray here")
-    run.add_argument("--only", nargs="+", metavar="PATTERN", help="run only matching stages (kind, key prefix or label glob) and what they need")
-    run.add_argument("--force", nargs="+", metavar="PATTERN", help="recompute matching stages even when cached")
+    # `plan` takes the options of `run`, so it shows exactly the stages that `run` with them would run
+    run_options = argparse.ArgumentParser(add_help=False)
+    run_options.add_argument("file")
+    run_options.add_argument("--device", help="override [benchmark] device (auto | cpu | cuda | cuda:N)")
+    run_options.add_argument("--results", help="override [benchmark] results directory")
+    run_options.add_argument("--executor", help="override [benchmark] executor (local | ray)")
+    run_options.add_argument("--address", help="ray executor: the Ray cluster to join (\"auto\" inside a cluster); default: start Ray here")
+    run_options.add_argument("--only", nargs="+", metavar="PATTERN", help="run only matching stages (kind, key prefix or label glob) and what they need")
+    run_options.add_argument("--force", nargs="+", metavar="PATTERN", help="recompute matching stages even when cached")
+
+    run = sub.add_parser("run", parents=[run_options], help="run a benchmark file (resumes: finished stages are reused)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 
-    plan = sub.add_parser("plan", help="list the stages of a benchmark and which are cached")
-    plan.add_argument("file")
+    plan = sub.add_parser("plan", parents=[run_options], help="list the stages of a benchmark and which are cached")
     plan.add_argument("--estimate", action="store_true", help="instead of the stages: their count and estimated compute per kind")
     plan.add_argument("--workers", type=int, default=1, help="--estimate: how the compute splits over N workers (Ray)")
     plan.add_argument("--throughput", metavar="K=V,...", help="--estimate: your machine's train=, encode= (images/s) "
                       "and retrieval= (pairs/s) instead of measuring here")
-    plan.add_argument("--device", help="--estimate: where to measure throughput (default: the file's device)")
     plan.set_defaults(func=_cmd_plan)
 
     plugins = sub.add_parser("plugins", help="list plugins with their parameters")
@@ -206,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write the leaderboard (mean and std over seeds)")
     export.add_argument("results", help="a results directory")
-    export.add_argument("--leaderboard", metavar="FILE.csv", help="write the leaderboard CSV here")
+    export.add_argument("--leaderboard", metavar="FILE.csv", help="write the leaderboard here, in the format its suffix names (.csv, .md, .json)")
     export.add_argument("--format", action="append", help="also write leaderboard.<fmt> (csv, md, json)")
     export.add_argument("--output", help="folder for --format files (default: the results directory)")
     export.set_defaults(func=_cmd_export)
@@ -240,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         get_registry().pm.hook.register_commands(cli=sub)
     except HashbenchError:
         pass  # a broken plugin is reported when it is used
+    for command in sub.choices.values():  # `-v` is accepted after the subcommand too
+        if "-v" not in command._option_string_actions:
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="log each training epoch")
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +30,21 @@ else:  # pragma: no cover
 class BenchmarkSettings:
     """The `[benchmark]` table."""
 
-    name: str = param("benchmark", "a name for the run (used in reports)")
+    name: str = param("benchmark", "a label for the file's readers; reports are titled with the results folder's name")
     seeds: list[int] = param([0], "one full matrix per seed; the leaderboard gives mean and std over seeds")
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     results: str = param("results/benchmark", "results directory, relative to the current directory")
     executor: str = param("local", "executor plugin: local or ray")
     executor_options: dict = param({}, "options for the executor (e.g. address = \"auto\" for ray)")
+
+    def validate(self) -> None:
+        if not DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"device {self.device!r} is not valid; use auto, cpu, cuda or cuda:N")
+        if not self.results.strip() or "\0" in self.results:
+            raise ValueError(f"results {self.results!r} is not a usable folder name")
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,10 @@ class TargetSpec:
 
     label: str | int | list = param(0, "target class name or index; a list for multi-label targets")
 
+    def validate(self) -> None:
+        if isinstance(self.label, list) and not self.label:
+            raise ValueError("'label' is an empty list: give a class name or index")
+
 
 @dataclass
 class BenchmarkSpec:
@@ -120,15 +134,15 @@ ATTACK_KEYS = {"name", "poison_rate", "surrogate"}
 DEFENSE_KEYS = {"name", "clean_fraction"}
 
 
-def expand_grid(table: dict[str, Any], sequence_keys: set[str] = frozenset()) -> list[dict[str, Any]]:
+def expand_grid(table: dict[str, Any], sequence_keys: set[str] = frozenset(), where: str | None = None) -> list[dict[str, Any]]:
     """Cartesian product over list values. Keys in ``sequence_keys`` take a list as their value, so only
-    a list of lists expands there."""
+    a list of lists expands there. An empty list is refused: it would silently drop the table."""
     axes = []
     for key, value in table.items():
         if isinstance(value, list) and value and (key not in sequence_keys or isinstance(value[0], list)):
             axes.append([(key, v) for v in value])
         elif isinstance(value, list) and not value and key not in sequence_keys:
-            raise ConfigError(f"'{key}' is an empty list: give at least one value")
+            raise ConfigError(f"'{key}' is an empty list: give at least one value", where)
         else:
             axes.append([(key, value)])
     return [dict(combo) for combo in itertools.product(*axes)] if axes else [{}]
@@ -146,7 +160,7 @@ def _plugin_grid(registry: Registry, kind: str, name: Any, table: dict[str, Any]
     except PluginError as exc:
         raise ConfigError(str(exc), where) from None
     out = []
-    for combo in expand_grid(table, _sequence_keys(cls.Params)):
+    for combo in expand_grid(table, _sequence_keys(cls.Params), where):
         out.append(PluginSpec(kind, name, build_params(cls.Params, combo, f"{where} ({name})"), cls.version))
     return out
 
@@ -169,20 +183,45 @@ def _check_keys(table: dict, allowed: set[str], where: str, extra_ok: bool = Fal
             raise ConfigError(f"unknown key '{key}'.{did_you_mean(key, allowed)} Valid keys: {', '.join(sorted(allowed))}.", where)
 
 
+def _params_by_plugin(table: dict, kind: str, where: str) -> dict[str, dict]:
+    """``<kind>_params``: a table per plugin the victim table names (a typo'd name would otherwise be
+    ignored and the plugin trained with its defaults)."""
+    key = f"{kind}_params"
+    sub = table.get(key, {})
+    chosen = table.get(kind)
+    named = {n for n in (chosen if isinstance(chosen, list) else [chosen]) if isinstance(n, str)}
+    if not isinstance(sub, dict):
+        raise ConfigError(f"'{key}' must be a table of tables keyed by {kind} name, e.g. {key}.NAME = {{ ... }}", where)
+    for name, params in sub.items():
+        if name not in named:
+            from .params import did_you_mean
+
+            raise ConfigError(f"'{key}.{name}' names no {kind} of this table.{did_you_mean(name, named)} "
+                              f"The table's {kind}s: {', '.join(sorted(named)) or '(none)'}.", where)
+        if not isinstance(params, dict):
+            raise ConfigError(f"'{key}.{name}' = {params!r} must be a table of {name}'s parameters, "
+                              f"e.g. {key}.{name} = {{ ... }}", where)
+    return sub
+
+
+def _rates(value: Any, key: str, where: str) -> list:
+    """A rate or a grid of rates; an empty grid is refused (it would drop the table from the plan)."""
+    if isinstance(value, list) and not value:
+        raise ConfigError(f"'{key}' is an empty list: give at least one value", where)
+    return value if isinstance(value, list) else [value]
+
+
 def _parse_victims(registry: Registry, table: dict, where: str) -> list[VictimSpec]:
     train_keys = set(field_types(TrainConfig))
     _check_keys(table, VICTIM_KEYS | train_keys, where)
     for required in ("method", "backbone", "bits"):
         if required not in table:
             raise ConfigError(f"missing key '{required}'", where)
-    method_params = table.get("method_params", {})
-    backbone_params = table.get("backbone_params", {})
-    for name, sub in (("method_params", method_params), ("backbone_params", backbone_params)):
-        if not isinstance(sub, dict):
-            raise ConfigError(f"'{name}' must be a table of tables keyed by plugin name", where)
+    method_params = _params_by_plugin(table, "method", where)
+    backbone_params = _params_by_plugin(table, "backbone", where)
     grid_input = {k: v for k, v in table.items() if k not in ("method_params", "backbone_params")}
     victims = []
-    for combo in expand_grid(grid_input):
+    for combo in expand_grid(grid_input, where=where):
         method_name, backbone_name, bits = combo.pop("method"), combo.pop("backbone"), combo.pop("bits")
         if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
             raise ConfigError(f"'bits' = {bits!r} must be a positive integer", where)
@@ -198,12 +237,18 @@ def _parse_victims(registry: Registry, table: dict, where: str) -> list[VictimSp
 
 def load_spec(path: str | Path, registry: Registry | None = None) -> BenchmarkSpec:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"'{path}' is a folder; give a benchmark file (.toml) such as benchmarks/quick.toml")
     if not path.is_file():
         raise ConfigError(f"benchmark file '{path}' does not exist")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}); save the file as UTF-8", str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", str(path)) from None
     return parse_spec(raw, path, registry)
 
 
@@ -217,6 +262,7 @@ def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry |
     settings = build_params(BenchmarkSettings, bench_table, f"{path} [benchmark]")
     if not settings.seeds:
         raise ConfigError("'seeds' needs at least one seed", f"{path} [benchmark]")
+    executor_params(registry, settings.executor, settings.executor_options, f"{path} [benchmark]")
 
     if "dataset" not in raw:
         raise ConfigError("missing [dataset] table (e.g. name = \"synthetic\")", str(path))
@@ -250,7 +296,7 @@ def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry |
             if not isinstance(surrogate_table, dict):
                 raise ConfigError("'surrogate' must be a table (method, backbone, bits, training keys)", where)
             surrogates = list(_parse_victims(registry, surrogate_table, f"{where}.surrogate"))
-        for rate in rates if isinstance(rates, list) else [rates]:
+        for rate in _rates(rates, "poison_rate", where):
             if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1:
                 raise ConfigError(f"'poison_rate' = {rate!r} must be a number in (0, 1)", where)
             for plugin in _plugin_grid(registry, "attack", name, table, where):
@@ -265,7 +311,7 @@ def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry |
             raise ConfigError("missing key 'name'", where)
         name = table.pop("name")
         fractions = table.pop("clean_fraction", 0.05)
-        for fraction in fractions if isinstance(fractions, list) else [fractions]:
+        for fraction in _rates(fractions, "clean_fraction", where):
             if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
                 raise ConfigError(f"'clean_fraction' = {fraction!r} must be a number in (0, 1]", where)
             for plugin in _plugin_grid(registry, "defense", name, table, where):
@@ -277,6 +323,17 @@ def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry |
     return BenchmarkSpec(path, settings, datasets, victims, target, attacks, defenses, raw)
 
 
+def executor_params(registry: Registry, name: str, options: dict, where: str) -> Any:
+    """The validated parameters of executor ``name``; an unknown executor or a bad option is a ConfigError."""
+    try:
+        cls = registry.get("executor", name)
+    except PluginError as exc:
+        raise ConfigError(str(exc), where) from None
+    return build_params(cls.Params, options, f"{where} executor_options")
+
+
 def with_overrides(spec: BenchmarkSpec, **settings: Any) -> BenchmarkSpec:
-    """A copy of ``spec`` with `[benchmark]` settings replaced (CLI flags such as --device)."""
-    return dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, **settings))
+    """A copy of ``spec`` with `[benchmark]` settings replaced (CLI flags such as --device), validated
+    as the file's own values are."""
+    values = params_to_dict(spec.settings) | settings
+    return dataclasses.replace(spec, settings=build_params(BenchmarkSettings, values, "command line"))

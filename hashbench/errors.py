@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class HashbenchError(Exception):
     """Base class: the CLI prints these without a traceback and exits non-zero."""
@@ -15,6 +17,7 @@ class ConfigError(HashbenchError):
 
     def __init__(self, message: str, where: str | None = None):
         self.where = where
+        self.message = message
         super().__init__(f"{where}: {message}" if where else message)
 
 
@@ -32,3 +35,8 @@ class StageError(HashbenchError):
 
 class StoreError(HashbenchError):
     """The results directory cannot be written or holds a corrupt artifact."""
+
+
+def warn(message: str) -> None:
+    """Tell the user about something skipped or adjusted that does not stop the command."""
+    print(f"hashbench: warning: {message}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ def coerce(value: Any, tp: Any, key: str, where: str | None) -> Any:
         raise ConfigError(f"'{key}' = {value!r} must be an integer.", where)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML allows inf and nan; no parameter means them
+                raise ConfigError(f"'{key}' = {value!r} must be a finite number.", where)
             return float(value)
         raise ConfigError(f"'{key}' = {value!r} must be a number.", where)
     if tp is str:

@@ -39,6 +39,10 @@ def collect_rows(results: str | Path, evaluate_keys: Iterable[str] | None = None
     for key, manifest in store.finished_stages("evaluate"):
         if wanted is not None and key not in wanted:
             continue
+        problem = store.verify("evaluate", key)
+        if problem is not None:
+            store.warn_skipped("evaluate", key, problem)
+            continue
         row = dict(manifest.get("row", {}))
         for name, value in manifest.get("metrics", {}).items():
             row[name] = value if not isinstance(value, list) else ",".join(map(str, value))
@@ -84,8 +88,9 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
     group_keys = [c for c in IDENTITY if c in frame]
     filled = frame.copy()
     for key in group_keys:
-        column = filled[key].astype(object)
-        filled[key] = column.where(column.notna(), "").astype(str)
+        if not pd.api.types.is_numeric_dtype(filled[key]):  # numbers stay numbers (bits, rates) in exports
+            column = filled[key].astype(object)
+            filled[key] = column.where(column.notna(), "").astype(str)
     numeric = [
         c for c in frame.columns
         if c not in group_keys + VERSIONS + ["seed", "stage_key"] and pd.api.types.is_numeric_dtype(frame[c])

@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 
 from . import METRIC_CONVENTIONS_VERSION, __version__
-from .errors import HashbenchError
+from .errors import HashbenchError, StoreError, warn
+from .files import make_folder, write_bytes, write_text
 from .params import describe_params
 from .plan import canonical_json
 from .plugins import get_registry
@@ -153,6 +154,7 @@ def _poison_manifests(store: Store) -> dict[str, tuple[str, dict, dict]]:
         attack_key = next(d.split("/")[1] for d in poison["config"]["deps"] if d.startswith("attack/"))
         attack = store.manifest("attack", attack_key)
         if not attack or attack.get("corrupt"):
+            store.warn_skipped("attack", attack_key, "its manifest is missing or unreadable")
             continue
         config = attack["config"]
         ident = canonical_json([config["attack"], config["dataset"]])
@@ -173,10 +175,14 @@ def attack_samples(store: Store, count: int = GRID_SAMPLES) -> list[AttackSample
     out = []
     for label, (attack_key, attack, poison_key) in sorted(_poison_manifests(store).items()):
         splits = load_dataset(attack["config"]["dataset"])
-        poisons = store.load("poison", poison_key, "poisoning.pt")
+        try:  # Store.load checks each file's checksum: a corrupt file is left out, never drawn
+            poisons = store.load("poison", poison_key, "poisoning.pt")
+            triggered = store.load("attack", attack_key, "triggered_queries.pt")
+        except StoreError as exc:
+            warn(f"the image grids of {label} are left out: {exc}")
+            continue
         idx = poisons["indices"][:count]
         out.append(AttackSamples(label, "poisoned training images", splits.train.images(idx), poisons["images"][:count]))
-        triggered = store.load("attack", attack_key, "triggered_queries.pt")
         pick = _spread(len(triggered["indices"]), count)
         out.append(AttackSamples(label, "triggered queries", splits.query.images(triggered["indices"][pick]),
                                  triggered["images"][pick]))
@@ -331,7 +337,7 @@ def versions(store: Store, frame: pd.DataFrame) -> dict[str, str]:
     seen: dict[str, set[str]] = {"hashbench (runs)": set(), "torch": set(), "python": set(), "git commit": set(),
                                  "device": set()}
     for kind in ("clean_victim", "attack", "poison", "victim", "defend", "evaluate"):
-        for _, m in store.finished_stages(kind):
+        for _, m in store.finished_stages(kind, warn=False):  # corrupt stages are reported where rows are read
             for key, name in (("hashbench_version", "hashbench (runs)"), ("torch_version", "torch"),
                               ("python", "python"), ("git_commit", "git commit"), ("device", "device")):
                 if m.get(key):
@@ -368,15 +374,14 @@ def build_report(results: Path) -> Report:
 
 def write_report(results: Path, output: Path | None = None) -> list[Path]:
     """Write ``report.md`` (+ ``report_files/*.png``) and a self-contained ``report.html``; return their paths."""
+    folder = make_folder(Path(output) if output is not None else Path(results))  # checked before the work
     report = build_report(Path(results))
-    folder = Path(output) if output is not None else Path(results)
-    files = folder / "report_files"
-    files.mkdir(parents=True, exist_ok=True)
+    files = make_folder(folder / "report_files")
     for figure in report.grids + report.plots:
-        (files / f"{figure.slug}.png").write_bytes(figure.png)
+        write_bytes(files / f"{figure.slug}.png", figure.png)
     md_path, html_path = folder / "report.md", folder / "report.html"
-    md_path.write_text(render_markdown(report, "report_files"))
-    html_path.write_text(render_html(report))
+    write_text(md_path, render_markdown(report, "report_files"))
+    write_text(html_path, render_html(report))
     return [md_path, html_path]
 
 

@@ -147,7 +147,7 @@ class StageRunner:
             exists = store.stage_dir(stage.kind, stage.key).exists()
             problem = None
             if exists and not force:
-                problem = self._verify_once(stage.id)
+                problem = self.verify_once(stage.id)
                 if problem is None:
                     return StageOutcome(stage.id, "cached")
                 self.say(f"{stage.label}: {problem}; recomputing it")
@@ -166,7 +166,7 @@ class StageRunner:
             rebuilt = f"its cached copy was rejected: {problem}" if problem else None
             return StageOutcome(stage.id, "done", time.perf_counter() - started, rebuilt=rebuilt)
 
-    def _verify_once(self, stage_id: str) -> str | None:
+    def verify_once(self, stage_id: str) -> str | None:
         """What is wrong with a stored stage (None: sound); checksums are read once per runner."""
         if stage_id in self.verified:
             return None
@@ -178,7 +178,7 @@ class StageRunner:
     def _check_inputs(self, stage: Stage) -> None:
         """Refuse to compute from an input that is missing or fails its checksums."""
         for dep in stage.deps:
-            problem = self._verify_once(dep)
+            problem = self.verify_once(dep)
             if problem is not None:
                 raise StoreError(f"input {dep} of {stage.id} cannot be used ({problem}); "
                                  "run the benchmark again to recompute it")
@@ -568,6 +568,8 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
     _metric_plugins(m, query_codes, db_codes, splits.query.labels, db_labels, topk, "")
     for key in ("poison_psnr", "poison_ssim", "poison_lpips", "poison_linf", "poison_l2", "poison_count"):
         m[key] = poison_manifest["metrics"].get(key)
+    # the rate the poisons really are (poison_rate rounded to whole images), shown beside poison_rate
+    m["poison_rate_actual"] = m["poison_count"] / len(splits.train) if m["poison_count"] is not None else None
     for key in ("query_psnr", "query_ssim", "query_lpips", "query_linf", "query_l2"):
         m[key] = attack_manifest["metrics"].get(key)
     for key, value in defend_manifest["metrics"].items():

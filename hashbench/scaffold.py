@@ -8,9 +8,13 @@ checks of :mod:`hashbench.testing`. ``pip install -e`` of it makes the plugin ap
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import hashbench
 
 from . import __version__
 from .errors import ConfigError
@@ -323,11 +327,20 @@ def scaffold(kind: str, name: str, output: Path | None = None, force: bool = Fal
         raise ConfigError(f"cannot scaffold a '{kind}'; choose one of {', '.join(KINDS)}")
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"plugin name '{name}' must be lower case letters, digits and '_', starting with a letter")
+    cls = class_name(name)
+    if keyword.iskeyword(cls) or hasattr(builtins, cls) or hasattr(hashbench, cls):
+        raise ConfigError(f"plugin name '{name}' would make a class named {cls}, which is a Python keyword or "
+                          "a name the plugin module already uses; choose another name")
+    from .plugins import get_registry
+
+    if name in get_registry().names(kind):
+        raise ConfigError(f"a {kind} plugin named '{name}' is already installed (`hashbench plugins --kind {kind}`); "
+                          "two plugins of one kind cannot share a name, so choose another")
     root = Path(output) if output is not None else Path.cwd() / f"hashbench-{name}"
     if root.exists() and any(root.iterdir()) and not force:
         raise ConfigError(f"{root} exists and is not empty; choose another --output or pass --force")
     template = TEMPLATES[kind]
-    values = {"name": name, "kind": kind, "cls": class_name(name), "summary": template.summary,
+    values = {"name": name, "kind": kind, "cls": cls, "summary": template.summary,
               "hashbench_version": __version__}
     values["usage"] = template.usage.format(**values)
     files = {

@@ -26,9 +26,11 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import StoreError
+from .errors import StoreError, warn
+from .files import explain_os_error
 
 MANIFEST = "manifest.json"
+UNREADABLE = {"corrupt": True}  # what Store.manifest returns for a manifest it cannot use
 
 
 def sha256_file(path: Path) -> str:
@@ -48,16 +50,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def _explain_os_error(exc: OSError, path: Path) -> StoreError:
-    if exc.errno == errno.ENOSPC:
-        return StoreError(f"the disk holding {path} is full; free space and run again (finished stages are kept)")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(f"cannot write to {path} (permission denied); choose another `results` directory")
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-        return StoreError(f"cannot write to {path}: part of that path is a file, not a folder; choose another `results` directory")
-    return StoreError(f"cannot write to {path}: {exc}")
 
 
 class StageWriter:
@@ -81,6 +73,8 @@ class StageWriter:
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._passed: dict[Path, tuple[int, int, str]] = {}  # files whose checksum passed, by their stat
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ layout
     def stage_dir(self, kind: str, key: str) -> Path:
@@ -93,17 +87,20 @@ class Store:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise _explain_os_error(exc, self.root) from None
+            raise explain_os_error(exc, self.root) from None
 
     # ------------------------------------------------------------------ reading
     def manifest(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The stage's manifest; None when it is not computed, ``UNREADABLE`` when the file cannot be
+        read or parsed or is not of the shape :meth:`open_stage` writes (such a stage is recomputed)."""
         path = self.stage_dir(kind, key) / MANIFEST
         try:
-            return json.loads(path.read_text())
+            manifest = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError):
-            return {"corrupt": True}
+        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+            return dict(UNREADABLE)
+        return manifest if _well_formed(manifest) else dict(UNREADABLE)
 
     def verify(self, kind: str, key: str) -> str | None:
         """None when the stage is complete and every file matches its checksum, else what is wrong."""
@@ -112,13 +109,32 @@ class Store:
             return "not computed"
         if manifest.get("corrupt"):
             return "its manifest is unreadable"
-        folder = self.stage_dir(kind, key)
-        for name, meta in manifest.get("files", {}).items():
-            path = folder / name
-            if not path.is_file():
-                return f"file {name} is missing"
-            if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-                return f"file {name} does not match its checksum (corrupt or truncated)"
+        for name in manifest["files"]:
+            problem = self.verify_file(kind, key, name, manifest)
+            if problem is not None:
+                return problem
+        return None
+
+    def verify_file(self, kind: str, key: str, name: str, manifest: dict[str, Any] | None = None) -> str | None:
+        """None when ``name`` matches the size and SHA-256 its stage's manifest records, else what is wrong.
+        A file is hashed again only when its size or modification time changed since it last passed."""
+        manifest = manifest or self.manifest(kind, key)
+        if manifest is None or manifest.get("corrupt"):
+            return "its manifest is missing or unreadable"
+        meta = manifest["files"].get(name)
+        if meta is None:
+            return f"file {name} is not listed in its manifest"
+        path = self.stage_dir(kind, key) / name
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return f"file {name} is missing"
+        seen = (info.st_size, info.st_mtime_ns, meta["sha256"])
+        if self._passed.get(path) == seen:
+            return None
+        if info.st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+            return f"file {name} does not match its checksum (corrupt or truncated)"
+        self._passed[path] = seen
         return None
 
     def is_done(self, kind: str, key: str) -> bool:
@@ -126,7 +142,11 @@ class Store:
         return manifest is not None and not manifest.get("corrupt")
 
     def load(self, kind: str, key: str, name: str) -> Any:
+        """A file of a finished stage, checked against its manifest's checksum first."""
         path = self.stage_dir(kind, key) / name
+        problem = self.verify_file(kind, key, name)
+        if problem is not None:
+            raise StoreError(f"stage {kind}/{key}: {problem}; run the benchmark again to recompute it")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -143,7 +163,9 @@ class Store:
         if folder.exists():
             folder.rename(folder.with_name(f".broken-{key}-{int(time.time())}-{uuid.uuid4().hex[:6]}"))
 
-    def finished_stages(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def finished_stages(self, kind: str, warn: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key, manifest) of each stage of ``kind`` with a usable manifest; the others are skipped, with
+        a warning unless ``warn`` is False."""
         folder = self.root / "stages" / kind
         if not folder.is_dir():
             return
@@ -151,21 +173,38 @@ class Store:
             if child.name.startswith("."):
                 continue
             manifest = self.manifest(kind, child.name)
-            if manifest is not None and not manifest.get("corrupt"):
+            if manifest is None or manifest.get("corrupt"):
+                if warn:
+                    self.warn_skipped(kind, child.name, "its manifest is missing or unreadable")
+            else:
                 yield child.name, manifest
+
+    def warn_skipped(self, kind: str, key: str, problem: str) -> None:
+        """Say (once per stage) that a stage is left out of what is being read, and why."""
+        if f"{kind}/{key}" not in self._warned:
+            self._warned.add(f"{kind}/{key}")
+            warn(f"stage {kind}/{key} is skipped: {problem}; run the benchmark again to recompute it")
 
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
     def lock(self, kind: str, key: str) -> Iterator[None]:
         """An exclusive lock per stage (released by the OS when its holder dies)."""
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{kind}-{key}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        path = self.root / "locks" / f"{kind}-{key}.lock"
+        # Opened read-only, never truncated and never through a symlink: a lock file is only a name to
+        # flock, it may belong to another user of a shared results folder, and a planted link must not
+        # let a run clobber the file it points to.
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"{path} is a symbolic link; delete it (lock files are recreated)") from None
+            raise explain_os_error(exc, path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     @contextlib.contextmanager
     def open_stage(self, kind: str, key: str, config: dict[str, Any]) -> Iterator[StageWriter]:
@@ -176,7 +215,7 @@ class Store:
         try:
             tmp.mkdir(parents=True)
         except OSError as exc:
-            raise _explain_os_error(exc, tmp.parent) from None
+            raise explain_os_error(exc, tmp.parent) from None
         writer = StageWriter(tmp)
         started = time.time()
         try:
@@ -208,10 +247,18 @@ class Store:
             os.replace(tmp, final)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise _explain_os_error(exc, final) from None
+            raise explain_os_error(exc, final) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def remove_empty_folders(self) -> None:
+        """Remove the empty folders of the results folder, itself included when nothing is left in it
+        (after a run that failed before computing anything). Files are never removed."""
+        for folder in sorted(self.root.rglob("*"), reverse=True) + [self.root]:
+            if folder.is_dir() and not folder.is_symlink():
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def clean_temporaries(self) -> int:
         """Remove temporary folders left by killed runs; returns how many."""
@@ -225,6 +272,20 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed += 1
         return removed
+
+
+def _well_formed(manifest: Any) -> bool:
+    """Whether ``manifest`` has the shape open_stage writes."""
+    if not isinstance(manifest, dict) or not all(isinstance(manifest.get(name), str) for name in ("kind", "key")):
+        return False
+    if not all(isinstance(manifest.get(name, {}), dict) for name in ("config", "metrics", "row")) or "config" not in manifest:
+        return False
+    files = manifest.get("files")
+    return isinstance(files, dict) and all(
+        isinstance(meta, dict) and type(meta.get("size")) is int and isinstance(meta.get("sha256"), str)
+        and not Path(name).is_absolute() and ".." not in Path(name).parts  # a file of this stage's folder
+        for name, meta in files.items()
+    )
 
 
 def _pid_alive(pid: int) -> bool:

@@ -189,10 +189,15 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return False
         options = self.params
-        if options.address:
-            ray.init(address=options.address, log_to_driver=True)
-        else:
-            ray.init(num_cpus=options.num_cpus, num_gpus=options.num_gpus, include_dashboard=False)
+        try:
+            if options.address:
+                ray.init(address=options.address, log_to_driver=True)
+            else:
+                ray.init(num_cpus=options.num_cpus, num_gpus=options.num_gpus, include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:  # what ray.init raises for a bad cluster
+            where = f"the Ray cluster at {options.address!r}" if options.address else "a local Ray instance"
+            raise HashbenchError(f"could not start or join {where}: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}; "
+                                 "check `ray status`, or run without --address to start Ray here, or with --executor local") from None
         return True
 
     def _backend(self, ray, plan: Plan, runner: StageRunner) -> Backend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from hashbench import Exporter, hookimpl
@@ -40,7 +41,9 @@ class JsonExporter(Exporter):
 
     def export(self, table, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        records = json.loads(table.to_json(orient="records"))
+        # to_dict gives Python numbers at full precision (to_json would round them to 10 digits)
+        records = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                   for row in table.to_dict(orient="records")]
         Path(path).write_text(json.dumps(records, indent=2) + "\n")
 
 

@@ -40,7 +40,7 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
-    from .report import collect_rows, summary_tables
+    from .report import collect_rows, summary_grid, summary_tables
 
     spec, options = _load_spec(args)
     try:
@@ -52,12 +52,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 130
     evaluate_keys = [s.key for s in result.plan.evaluations()]
     frame = collect_rows(spec.settings.results, evaluate_keys)
-    print(summary_tables(frame))
+    print(summary_tables(frame) if args.long else summary_grid(frame))
     rebuilt = [o for o in result.outcomes.values() if o.rebuilt]
     if rebuilt:
         print("\nRecomputed although cached:\n" + "\n".join(f"  {result.plan.stages[o.stage_id].label}: {o.rebuilt}" for o in rebuilt))
     print(f"\n{result.count('done')} stages computed, {result.count('cached')} cached, in {result.seconds:.1f}s. "
-          f"Results: {spec.settings.results}  (leaderboard: hashbench export {spec.settings.results} --leaderboard FILE.csv)")
+          f"Results: {spec.settings.results}  (leaderboard: hashbench export {spec.settings.results} --leaderboard FILE.csv"
+          f"{'' if args.long else '; every metric: --long'})")
+    if not args.no_report and not frame.empty:
+        _refresh_report(Path(spec.settings.results))
     if result.failures:
         from tabulate import tabulate
 
@@ -185,9 +188,33 @@ def _cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refresh_report(results: Path) -> None:
+    """Rewrite the report of a run's results folder, so that it is never older than the results."""
+    from .report_html import write_report
+
+    print("writing the report ...", file=sys.stderr)
+    try:
+        written = write_report(results)
+    except HashbenchError as exc:  # the run's results are kept whatever happens to its report
+        print(f"hashbench: warning: the report was not written: {exc}", file=sys.stderr)
+        return
+    print(f"Report: {written[1]} (and {written[0].name}); turn this off with --no-report")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report_html import write_report
 
+    if args.check:
+        from .report_sources import staleness
+
+        page = Path(args.output or args.results) / "report.html"
+        reasons = staleness(Path(args.results), page)
+        if reasons:
+            print(f"{page} is stale:\n" + "\n".join(f"  - {r}" for r in reasons) +
+                  f"\nrefresh it with: hashbench report {args.results}" + (f" --output {args.output}" if args.output else ""))
+            return 1
+        print(f"{page} is up to date with {args.results}")
+        return 0
     written = write_report(Path(args.results), Path(args.output) if args.output else None)
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
@@ -223,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[run_options], help="run a benchmark file (resumes: finished stages are reused)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--long", action="store_true", help="print every metric per row instead of the attack x defense grid of t-MAP")
+    run.add_argument("--no-report", action="store_true", help="do not write or refresh report.md / report.html at the end")
     run.set_defaults(func=_cmd_run)
 
     plan = sub.add_parser("plan", parents=[run_options], help="list the stages of a benchmark and which are cached")
@@ -254,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.md and a self-contained report.html with tables, image grids and plots")
     report.add_argument("results", help="a results directory")
     report.add_argument("--output", help="folder for the report (default: the results directory)")
+    report.add_argument("--check", action="store_true", help="write nothing; say whether the report is older than the "
+                        "results (exit code 1 when it is)")
     report.set_defaults(func=_cmd_report)
 
     from .fetch import CATALOGUE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Iterable
@@ -103,11 +104,70 @@ def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
         if version in filled:
             stats[version] = grouped[version].first()
     board = stats.reset_index()
-    # Stable, readable order: the clean row first, then per attack the undefended row before defenses.
+    # Stable, readable order: the clean row first, then per attack the undefended row before defenses;
+    # configurations of one plugin by their parameter values (numbers as numbers), never by key order.
     order = board.assign(
-        _clean=board["attack"] != "(clean)", _defended=board["defense"] != "none"
-    ).sort_values(["dataset", "method", "backbone", "bits", "_clean", "attack", "poison_rate", "_defended", "defense"], kind="stable")
-    return order.drop(columns=["_clean", "_defended"]).reset_index(drop=True)
+        _clean=board["attack"] != "(clean)", _defended=board["defense"] != "none",
+        _attack_params=_params_rank(board["attack_params"]), _defense_params=_params_rank(board["defense_params"]),
+        _rate=board["poison_rate"].map(_number), _fraction=board["clean_fraction"].map(_number),
+    ).sort_values(["dataset", "method", "backbone", "bits", "_clean", "attack", "_attack_params", "_rate", "_defended",
+                   "defense", "_defense_params", "_fraction"], kind="stable")
+    return order.drop(columns=[c for c in order if c.startswith("_")]).reset_index(drop=True)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0  # the clean row's empty rate and fraction sort first
+
+
+def _params(text) -> dict:
+    """Canonical-JSON parameters as a dict ({} for the clean row's empty string)."""
+    try:
+        values = json.loads(text) if isinstance(text, str) and text.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _params_rank(column: pd.Series) -> pd.Series:
+    """The position of each parameter set in value order: numbers compare as numbers (quality 75 before
+    100), strings as strings, parameter by parameter in name order."""
+    def key(text):
+        return tuple((k, (0, float(v)) if isinstance(v, (int, float)) else (1, json.dumps(v, sort_keys=True)))
+                     for k, v in sorted(_params(text).items()))
+
+    ranks = {text: i for i, text in enumerate(sorted(set(column), key=key))}
+    return column.map(ranks)
+
+
+def varied(board: pd.DataFrame, kind: str) -> dict[str, list[str]]:
+    """Per ``kind`` plugin name ("attack" or "defense"), the parameters whose values differ between its
+    rows of ``board``: the ones a label must show to tell the rows apart. ``poison_rate`` and
+    ``clean_fraction`` count as parameters of the attack and the defense."""
+    out: dict[str, list[str]] = {}
+    extra = "poison_rate" if kind == "attack" else "clean_fraction"
+    for name, part in board.groupby(kind, sort=False):
+        if name in ("none", "(clean)"):
+            continue  # no plugin parameters (their clean_fraction is not used)
+        values = [_params(text) | {extra: _number(x)} for text, x in zip(part[f"{kind}_params"], part[extra])]
+        keys = sorted({k for v in values for k in v})
+        out[name] = [k for k in keys if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1]
+    return out
+
+
+def config_label(row: pd.Series, kind: str, shown: dict[str, list[str]]) -> str:
+    """``name`` or ``name k=v, ...`` with the varied parameters ``shown`` (from :func:`varied`)."""
+    name = row[kind]
+    values = _params(row[f"{kind}_params"]) | {"poison_rate": row.get("poison_rate"), "clean_fraction": row.get("clean_fraction")}
+    parts = [f"{'rate' if k == 'poison_rate' else k}={_short(values.get(k))}" for k in shown.get(name, [])]
+    return f"{name} " + ", ".join(parts) if parts else str(name)
+
+
+def _short(value) -> str:
+    number = _number(value) if not isinstance(value, bool) else None
+    return f"{number:g}" if number is not None and number != -1.0 else str(value)
 
 
 def _fmt(value) -> str:
@@ -119,7 +179,8 @@ def _fmt(value) -> str:
 
 
 def summary_tables(frame: pd.DataFrame) -> str:
-    """A table per (dataset, victim): attack × defense rows with the headline metrics (means over seeds)."""
+    """A table per (dataset, victim): attack × defense rows with the headline metrics (means over seeds);
+    the attack and defense columns name the parameters that vary between rows."""
     from tabulate import tabulate
 
     if frame.empty:
@@ -128,13 +189,72 @@ def summary_tables(frame: pd.DataFrame) -> str:
     out = []
     for (dataset, method, backbone, bits), part in board.groupby(["dataset", "method", "backbone", "bits"], sort=False):
         headers = ["attack", "rate", "defense"] + [h for c, h in SUMMARY_COLUMNS.items() if f"{c}_mean" in part]
+        attacks, defenses = varied(part, "attack"), varied(part, "defense")
+        for shown in attacks.values():
+            if "poison_rate" in shown:
+                shown.remove("poison_rate")  # the table has a rate column
         body = []
         for _, r in part.iterrows():
             body.append(
-                [r["attack"], _fmt(float(r["poison_rate"])) if r["attack"] != "(clean)" else "-", r["defense"]]
+                [config_label(r, "attack", attacks), _fmt(float(r["poison_rate"])) if r["attack"] != "(clean)" else "-",
+                 config_label(r, "defense", defenses)]
                 + [_fmt(r[f"{c}_mean"]) for c in SUMMARY_COLUMNS if f"{c}_mean" in part]
             )
         seeds = int(part["seeds"].max())
         out.append(f"{dataset} · {method} · {backbone} · {bits} bits  (mean over {seeds} seed{'s' * (seeds > 1)})")
         out.append(tabulate(body, headers=headers, tablefmt="github"))
+    return "\n\n".join(out)
+
+
+def victims(board: pd.DataFrame):
+    """``(title, rows)`` per dataset and victim of a leaderboard, in its order."""
+    for (dataset, method, backbone, bits), part in board.groupby(["dataset", "method", "backbone", "bits"], sort=False):
+        yield f"{dataset} · {method} · {backbone} · {bits} bits", part
+
+
+def attack_defense_grid(part: pd.DataFrame, metric: str = "t_map") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The attacked rows of one victim's leaderboard as a (defense × attack) grid of ``metric``: mean and
+    std over seeds, labelled with the varied parameters, in leaderboard order."""
+    rows = part[part["attack"] != "(clean)"]
+    attacks, defenses = varied(rows, "attack"), varied(rows, "defense")
+    labelled = rows.assign(_a=[config_label(r, "attack", attacks) for _, r in rows.iterrows()],
+                           _d=[config_label(r, "defense", defenses) for _, r in rows.iterrows()])
+    columns, index = list(dict.fromkeys(labelled["_a"])), list(dict.fromkeys(labelled["_d"]))
+    grids = []
+    for column in (f"{metric}_mean", f"{metric}_std"):
+        values = labelled[column] if column in labelled else pd.Series(float("nan"), index=labelled.index)
+        grid = labelled.assign(_v=values.astype(float)).pivot_table(
+            index="_d", columns="_a", values="_v", aggfunc="first", dropna=False).reindex(index=index, columns=columns)
+        grid.index.name, grid.columns.name = "defense", "attack"
+        grids.append(grid)
+    return grids[0], grids[1]
+
+
+def summary_grid(frame: pd.DataFrame) -> str:
+    """The terminal summary: per dataset and victim, t-MAP as a defense × attack grid (one row per
+    defense, so 13 defenses and 7 attacks fit one screen), with the two reference rows a reader needs
+    beside it: the clean model on the same triggered queries, and the backdoored model without trigger."""
+    from tabulate import tabulate
+
+    if frame.empty:
+        return "(no finished evaluations)"
+    board = leaderboard(frame)
+    out = []
+    for title, part in victims(board):
+        if not (part["attack"] != "(clean)").any() or "t_map_mean" not in part:
+            out.append(f"{title}: clean mAP {_fmt(part['clean_map_mean'].iloc[0])} (no attacks)")
+            continue
+        grid, _ = attack_defense_grid(part)
+        body = [[d] + [_fmt(v) for v in grid.loc[d]] for d in grid.index]
+        for metric, name in (("t_map_clean_model", "(clean model)"), ("t_map_untriggered", "(no trigger)")):
+            if f"{metric}_mean" in part:  # the undefended row (the grid's first) of each reference metric
+                body.append([name] + [_fmt(v) for v in attack_defense_grid(part, metric)[0].iloc[0]])
+        seeds = int(part["seeds"].max())
+        clean = part[part["attack"] == "(clean)"]
+        clean_text = f"; clean model's clean mAP {_fmt(clean['clean_map_mean'].iloc[0])}" if len(clean) else ""
+        out.append(f"{title}: t-MAP (mean over {seeds} seed{'s' * (seeds > 1)}){clean_text}")
+        out.append(tabulate(body, headers=["defense \\ attack"] + list(grid.columns), tablefmt="simple",
+                            disable_numparse=True, colalign=["left"] + ["right"] * len(grid.columns)))
+    out.append("Reference rows: (clean model) is the clean model's t-MAP on the same triggered queries, (no trigger) "
+               "the backdoored model's on the untriggered images.")
     return "\n\n".join(out)

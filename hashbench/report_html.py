@@ -1,10 +1,12 @@
 """``hashbench report DIR``: a Markdown and a self-contained HTML report of a results directory.
 
-The report is meant for a paper's appendix: the summary tables (mean ± std over seeds), per attack an
-image grid of clean / poisoned / amplified residual for poisoned training images and for triggered
+The report is meant for a paper: the attack × defense matrix, retrieval examples, the hash space and
+the precision curves (hashbench/report_views.py), the summary tables (mean ± std over seeds), per attack
+an image grid of clean / poisoned / amplified residual for poisoned training images and for triggered
 queries, a t-MAP vs stealth scatter, t-MAP vs poison rate when the grid has several rates, the metric
-conventions (docs/metrics.md) and the versions that produced the numbers. ``report.html`` embeds every
-image as a base64 data URI; ``report.md`` links PNG files written next to it in ``report_files/``.
+conventions (docs/metrics.md), the versions that produced the numbers and the stages it was built from
+(hashbench/report_sources.py). ``report.html`` embeds every image as a base64 data URI; ``report.md``
+links PNG files written next to it in ``report_files/``. docs/reading-a-report.md explains each view.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class Report:
     conventions: str
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    views: list[Any] = field(default_factory=list)  # report_views.View, drawn before the tables
+    sources: dict[str, str] = field(default_factory=dict)  # stage id -> manifest digest (report_sources)
 
 
 # ----------------------------------------------------------------------------------- tables
@@ -356,10 +360,17 @@ def versions(store: Store, frame: pd.DataFrame) -> dict[str, str]:
 
 
 def build_report(results: Path) -> Report:
-    """Collect tables, grids, plots, conventions and versions of a results directory."""
+    """Collect views, tables, grids, plots, conventions, versions and sources of a results directory."""
+    from . import report_views as rv
+    from .report_sources import report_sources
+
     store = Store(results)
     frame = load_results(results)
+    sources = report_sources(store, frame)  # before drawing: a stage finishing meanwhile makes it stale
     board = leaderboard(frame)
+    cases = rv.undefended_cases(store, frame, highest_rate_only=True)
+    views = [rv.matrix_view(board), *rv.case_views(store, cases),
+             rv.curves_view(store, rv.undefended_cases(store, frame, highest_rate_only=False), frame)]
     grids = [grid_figure(s, f"grid-{i}") for i, s in enumerate(attack_samples(store))]
     plots = [f for f in (stealth_scatter(board), rate_plot(board)) if f is not None]
     notes = []
@@ -369,7 +380,7 @@ def build_report(results: Path) -> Report:
     conventions = METRICS_DOC.read_text() if METRICS_DOC.is_file() else (
         f"See docs/metrics.md of hashbench {__version__} (metric conventions version {METRIC_CONVENTIONS_VERSION}).")
     return Report(f"hashbench report: {results.resolve().name}", summary_tables(board), grids, plots,
-                  conventions, versions(store, frame), notes)
+                  conventions, versions(store, frame), notes, views, sources)
 
 
 def write_report(results: Path, output: Path | None = None) -> list[Path]:
@@ -377,7 +388,7 @@ def write_report(results: Path, output: Path | None = None) -> list[Path]:
     folder = make_folder(Path(output) if output is not None else Path(results))  # checked before the work
     report = build_report(Path(results))
     files = make_folder(folder / "report_files")
-    for figure in report.grids + report.plots:
+    for figure in report.grids + report.plots + [f for view in report.views for f in view.figures]:
         write_bytes(files / f"{figure.slug}.png", figure.png)
     md_path, html_path = folder / "report.md", folder / "report.html"
     write_text(md_path, render_markdown(report, "report_files"))
@@ -393,6 +404,10 @@ def render_markdown(report: Report, files: str) -> str:
 
     out = [f"# {report.title}", ""]
     out += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
+    for view in report.views:
+        out += [f"## {view.title}", "", view.intro, ""] + [f"> {note}\n" for note in view.notes]
+        for f in view.figures:
+            out += [f"### {f.title}", "", f"![{f.title}]({files}/{f.slug}.png)", "", f"*{f.caption}*", ""]
     out += ["## Results", ""]
     for table in report.tables:
         out += [f"### {table.title}", "", tabulate(table.rows, headers=table.headers, tablefmt="github"), ""]
@@ -403,6 +418,9 @@ def render_markdown(report: Report, files: str) -> str:
             out += [f"### {f.title}", "", f"![{f.title}]({files}/{f.slug}.png)", "", f"*{f.caption}*", ""]
     out += ["## Versions", "", tabulate(list(report.versions.items()), headers=["", "version"], tablefmt="github"), ""]
     out += [_demote_headings(report.conventions), ""]
+    out += ["## Built from", "", f"{len(report.sources)} stages (`hashbench report DIR --check` says whether any changed):", ""]
+    out += [tabulate([s.split("/") + [d] for s, d in report.sources.items()], headers=["kind", "key", "manifest digest"],
+                     tablefmt="github"), ""]
     return "\n".join(out)
 
 
@@ -434,16 +452,29 @@ figcaption { font-size: 13px; color: #444; max-width: 60em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; font-size: 14px; }
 .conventions { font-size: 14px; } code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; }
 nav { font-size: 14px; } nav a { margin-right: 1em; }
+.views { display: flex; flex-wrap: wrap; gap: 0 2em; } .views figure { max-width: 100%; }
+#matrix .views figure { width: 640px; } figure.wide { width: 100%; }
+details { font-size: 13px; margin-bottom: 2em; }
 """
 
 
 def render_html(report: Report) -> str:
     e = html.escape
+    from .report_sources import sources_script
+
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(report.title)}</title>",
-             f"<style>{CSS}</style></head><body><h1>{e(report.title)}</h1>",
-             "<nav><a href='#results'>Results</a><a href='#plots'>Plots</a><a href='#grids'>Image grids</a>"
-             "<a href='#versions'>Versions</a><a href='#conventions'>Metric conventions</a></nav>"]
+             # an empty icon: otherwise a browser asks for /favicon.ico and logs its absence as an error
+             f"<link rel='icon' href='data:,'><style>{CSS}</style></head><body><h1>{e(report.title)}</h1>",
+             "<nav>" + "".join(f"<a href='#{v.id}'>{e(v.title)}</a>" for v in report.views) +
+             "<a href='#results'>Results</a><a href='#plots'>Plots</a><a href='#grids'>Image grids</a>"
+             "<a href='#versions'>Versions</a><a href='#conventions'>Metric conventions</a>"
+             "<a href='#sources'>Built from</a></nav>"]
     parts += [f"<p class='note'>{e(note)}</p>" for note in report.notes]
+    for view in report.views:
+        parts.append(f"<section id='{view.id}'><h2>{e(view.title)}</h2><p>{e(view.intro)}</p>")
+        parts += [f"<p class='note'>{e(note)}</p>" for note in view.notes]
+        wide = "" if view.id == "matrix" else " wide"
+        parts.append("<div class='views'>" + "".join(_html_figure(f, f"view{wide}") for f in view.figures) + "</div></section>")
     parts.append("<h2 id='results'>Results</h2>")
     for table in report.tables:
         parts.append(f"<h3>{e(table.title)}</h3>{_html_table(table.headers, table.rows)}")
@@ -453,7 +484,11 @@ def render_html(report: Report) -> str:
     parts += [_html_figure(f, "grid") for f in report.grids] or ["<p>No poisoned sets in these results.</p>"]
     parts.append(f"<h2 id='versions'>Versions</h2>{_html_table(['', 'version'], [list(v) for v in report.versions.items()])}")
     parts.append(f"<h2 id='conventions'>Metric conventions</h2><div class='conventions'>"
-                 f"{markdown_to_html(_demote_headings(_drop_title(report.conventions)))}</div></body></html>")
+                 f"{markdown_to_html(_demote_headings(_drop_title(report.conventions)))}</div>")
+    parts.append(f"<h2 id='sources'>Built from</h2><details><summary>{len(report.sources)} stages; "
+                 "<code>hashbench report DIR --check</code> says whether any changed since</summary>"
+                 f"{_html_table(['kind', 'key', 'manifest digest'], [s.split('/') + [d] for s, d in report.sources.items()])}"
+                 f"</details>{sources_script(report.sources)}</body></html>")
     return "\n".join(parts)
 
 

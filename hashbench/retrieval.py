@@ -234,6 +234,54 @@ def precision_at_k(
     return total / max(len(query_codes), 1)
 
 
+def curve_cutoffs(n: int, points: int = 40) -> torch.Tensor:
+    """Ranks at which the curves are sampled: about ``points`` ranks spread evenly on a log scale from 1 to
+    ``n`` (the whole database, where recall reaches 1)."""
+    grid = np.unique(np.round(np.geomspace(1, max(n, 1), points)).astype(np.int64))
+    return torch.from_numpy(grid)
+
+
+def retrieval_curves(
+    query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any, cutoffs: Any = None, *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET, device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Precision@K and recall@K, averaged over the queries, at each rank K of ``cutoffs`` (default:
+    :func:`curve_cutoffs` of the database size), from the same ranking as AP (ties by database index).
+    Plotting precision against K gives the precision@K curve, precision against recall the
+    precision-recall curve. Recall is the share of the query's relevant database items found in its top
+    K; a query with no relevant item has recall 0 and still counts (as AP does)."""
+    n = len(db_codes)
+    cutoffs = curve_cutoffs(n) if cutoffs is None else torch.as_tensor(cutoffs, dtype=torch.int64).clamp(1, n)
+    precision = torch.zeros(len(cutoffs), dtype=torch.float64)
+    recall = torch.zeros(len(cutoffs), dtype=torch.float64)
+    for relevant in ranked_relevance_chunks(query_codes, db_codes, query_labels, db_labels, n,
+                                            memory_budget=memory_budget, device=device):
+        hits = relevant.double().cpu().cumsum(dim=1)[:, cutoffs - 1]  # the full ranking: hits at each cut-off
+        total = hits[:, -1:] if int(cutoffs[-1]) == n else relevant.double().cpu().sum(dim=1, keepdim=True)
+        precision += (hits / cutoffs.double()).sum(dim=0)
+        recall += (hits / total.clamp(min=1)).sum(dim=0)
+    count = max(len(query_codes), 1)
+    return {"cutoffs": cutoffs, "precision": precision / count, "recall": recall / count,
+            "queries": torch.tensor(len(query_codes))}
+
+
+def hamming_distances(query_codes: Any, db_codes: Any) -> torch.Tensor:
+    """(queries × items) Hamming distances between ±1 codes, as int64."""
+    q = _check_codes(_tensor(query_codes), "query_codes")
+    db = _check_codes(_tensor(db_codes), "db_codes")
+    return torch.from_numpy(_hamming_words(_pack_words(q), _pack_words(db)).astype(np.int64))
+
+
+def nearest(query_codes: Any, db_codes: Any, k: int) -> torch.Tensor:
+    """Database indices of each query's top ``k``, in the evaluator's ranking order (Hamming distance,
+    ties by database index): the items every metric above scores."""
+    distances = hamming_distances(query_codes, db_codes).numpy()
+    k = min(k, distances.shape[1])
+    if not len(distances):
+        return torch.zeros(0, k, dtype=torch.int64)
+    return torch.from_numpy(np.stack([_top_k_order(row, k) for row in distances]))
+
+
 def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     """±1 codes -> packed uint8 bits (8× smaller on disk); see :func:`unpack_codes`."""
     bits = (codes > 0).to(torch.uint8).cpu().numpy()

@@ -35,7 +35,7 @@ from .models import HashModel, freeze
 from .params import build_params
 from .plan import Stage, canonical_json
 from .plugins import get_registry
-from .retrieval import average_precisions, pack_codes, unpack_codes
+from .retrieval import average_precisions, pack_codes, retrieval_curves, unpack_codes
 from .seeding import derive_seed, make_generator, seed_everything
 from .stealth import stealth_report
 from .store import StageWriter, Store
@@ -45,6 +45,10 @@ log = logging.getLogger("hashbench")
 MODEL_FILE = "model.pt"
 DB_CODES_FILE = "database_codes.pt"
 QUERY_CODES_FILE = "query_codes.pt"
+# Extra files of an evaluate stage, read by the report (which never evaluates anything itself): the
+# precision@K / precision-recall curves, and the codes of the triggered queries and poisons.
+CURVES_FILE = "curves.pt"
+EVAL_CODES_FILE = "attack_codes.pt"
 
 
 def cache_dir() -> Path:
@@ -521,6 +525,7 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
     _metric_plugins(m, clean_query_codes, clean_db, splits.query.labels, db_labels, topk, "clean_model_")
     if stage.config["row"]["attack"] is None:
         m["clean_map"] = m["clean_map_clean_model"]
+        writer.save(CURVES_FILE, {"clean": retrieval_curves(clean_query_codes, clean_db, splits.query.labels, db_labels)})
         writer.manifest["row"] = row
         return
 
@@ -566,6 +571,17 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
     m["clean_map"] = _map(query_codes[keep_query], db_codes, splits.query.labels[keep_query], db_labels, topk)
     m["delta_map"] = m["clean_map"] - m["clean_map_clean_model"]
     _metric_plugins(m, query_codes, db_codes, splits.query.labels, db_labels, topk, "")
+    writer.save(CURVES_FILE, {
+        "clean": retrieval_curves(query_codes[keep_query], db_codes, splits.query.labels[keep_query], db_labels),
+        "triggered": retrieval_curves(trig_codes[keep_trig], db_codes, target_rows[keep_trig], db_labels),
+        "triggered_clean_model": retrieval_curves(clean_trig_codes, clean_db, target_rows, db_labels),
+    })
+    poisons = store.load("poison", poison_key, "poisoning.pt")
+    writer.save(EVAL_CODES_FILE, {"bits": model.bits, "poison_indices": poisons["indices"], **{
+        name: pack_codes(codes) for name, codes in (
+            ("triggered", trig_codes), ("triggered_clean_model", clean_trig_codes),
+            ("poisons", encode_tensor(model, poisons["images"], runner.device)),
+            ("poisons_clean_model", encode_tensor(clean_model, poisons["images"], runner.device)))}})
     for key in ("poison_psnr", "poison_ssim", "poison_lpips", "poison_linf", "poison_l2", "poison_count"):
         m[key] = poison_manifest["metrics"].get(key)
     # the rate the poisons really are (poison_rate rounded to whole images), shown beside poison_rate

@@ -7,9 +7,13 @@ import torch
 from hashbench.evaluation import auroc, threshold_at_fpr, tpr_at_fpr
 from hashbench.retrieval import (
     average_precisions,
+    curve_cutoffs,
+    hamming_distances,
     mean_average_precision,
+    nearest,
     pack_codes,
     precision_at_k,
+    retrieval_curves,
     targeted_map,
     unpack_codes,
 )
@@ -144,6 +148,37 @@ def test_precision_at_k():
     db_labels = onehot([1, 0, 0, 1])
     assert precision_at_k(Q, DB, onehot([0]), db_labels, k=2) == pytest.approx(0.5)
     assert precision_at_k(Q, DB, onehot([0]), db_labels, k=1) == 0.0
+
+
+def test_nearest_follows_the_ranking_with_ties_by_index():
+    # distances 0, 2, 0, 1 -> d0, d2 (tied with d0, later index), d3, d1
+    assert hamming_distances(Q, DB).tolist() == [[0, 2, 0, 1]]
+    assert nearest(Q, DB, 3).tolist() == [[0, 2, 3]]
+    assert nearest(np.array([[-1, -1]]), DB, 10).tolist() == [[1, 3, 0, 2]]  # k beyond the database: all of it
+
+
+def test_retrieval_curves_hand_computed():
+    # query 0 (class 0) ranks d0, d2, d3, d1 with relevance [0, 1, 0, 1] (d1, d2 are class 0);
+    # query 1 [-1, -1] (class 1) ranks d1, d3, d0, d2 with relevance [0, 1, 1, 0] (d0, d3 are class 1)
+    db_labels = onehot([1, 0, 0, 1])
+    curves = retrieval_curves(np.array([[1, 1], [-1, -1]]), DB, onehot([0, 1]), db_labels, [1, 2, 3, 4])
+    # precision@K: q0 0, 1/2, 1/3, 2/4; q1 0, 1/2, 2/3, 2/4
+    assert curves["precision"].tolist() == pytest.approx([0, 1 / 2, 1 / 2, 1 / 2])
+    # recall@K: q0 0, 1/2, 1/2, 1; q1 0, 1/2, 1, 1
+    assert curves["recall"].tolist() == pytest.approx([0, 1 / 2, 3 / 4, 1])
+    assert int(curves["queries"]) == 2
+    # the same precision as the evaluator's precision@k at every cut-off
+    for k, p in zip([1, 2, 3, 4], curves["precision"].tolist()):
+        assert p == pytest.approx(precision_at_k(np.array([[1, 1], [-1, -1]]), DB, onehot([0, 1]), db_labels, k))
+
+
+def test_retrieval_curves_recall_without_the_whole_database_and_default_cutoffs():
+    # cut-offs short of the database still divide by every relevant item, not by those found
+    curves = retrieval_curves(Q, DB, onehot([0]), onehot([1, 0, 0, 1]), [2])
+    assert curves["recall"].tolist() == pytest.approx([1 / 2])
+    assert curve_cutoffs(4).tolist() == [1, 2, 3, 4]
+    grid = curve_cutoffs(3000)
+    assert grid[0] == 1 and grid[-1] == 3000 and len(grid) <= 40 and bool((grid[1:] > grid[:-1]).all())
 
 
 def test_codes_must_be_plus_minus_one():

@@ -18,11 +18,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY_DATASET, benchmark_text
+
 from hashbench import ConfigError, StoreError
 from hashbench.cli import main
-from hashbench.config import load_spec, parse_spec
+from hashbench.config import load_spec
 from hashbench.plan import Stage, build_plan
-from hashbench.report import IDENTITY, collect_rows
+from hashbench.report import IDENTITY
 from hashbench.runner import StageRunner
 from hashbench.store import Store
 
@@ -32,34 +34,11 @@ BENCHMARKS = sorted((REPO / "benchmarks").glob("*.toml"))
 
 def spec_text(results: Path, victim_extra: str = "", attack: str = 'name = "badnets"\npoison_rate = 0.1',
               defense: str = "", benchmark_extra: str = "") -> str:
-    """A small benchmark file: tiny synthetic data, a CSQ victim, one attack, optionally one defense."""
-    return f"""
-[benchmark]
-seeds = [0]
-device = "cpu"
-results = "{results}"
-{benchmark_extra}
-
-[dataset]
-name = "synthetic"
-image_size = 32
-train_per_class = 20
-query_per_class = 5
-database_per_class = 30
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 16
-epochs = 1
-{victim_extra}
-
-[target]
-label = "class_0"
-
-[[attack]]
-{attack}
-""" + (f"\n[[defense]]\n{defense}\n" if defense else "")
+    """The tests' small benchmark file (tiny synthetic data, a CSQ victim) with one attack, optionally one
+    defense, and extra keys in [benchmark] or [victim]."""
+    text = benchmark_text(results, attacks=f"[[attack]]\n{attack}", defenses=f"[[defense]]\n{defense}" if defense else "",
+                          victim_extra=victim_extra)
+    return text.replace('device = "cpu"', f'device = "cpu"\n{benchmark_extra}')
 
 
 def write(tmp_path: Path, text: str, name: str = "bench.toml") -> Path:
@@ -123,7 +102,9 @@ def test_cosmetic_empty_bits_names_file_and_table(tmp_path, capsys):
 
 
 def test_row6_a_params_entry_that_is_not_a_table_is_a_config_error(tmp_path, capsys):
-    path = write(tmp_path, spec_text(tmp_path / "r", victim_extra="backbone_params.convnet = 5"))
+    text = spec_text(tmp_path / "r")
+    assert "backbone_params.convnet = { width = 16 }" in text
+    path = write(tmp_path, text.replace("backbone_params.convnet = { width = 16 }", "backbone_params.convnet = 5"))
     line = one_error(capsys, ["run", str(path)])
     assert "'backbone_params.convnet' = 5 must be a table" in line
 
@@ -204,8 +185,8 @@ def test_cosmetic_only_nonsense_leaves_no_results_folder(tmp_path, capsys):
 
 
 def test_cosmetic_missing_dataset_leaves_no_results_folder(tmp_path, capsys):
-    text = spec_text(tmp_path / "r").replace('name = "synthetic"\nimage_size = 32\ntrain_per_class = 20\n'
-                                             'query_per_class = 5\ndatabase_per_class = 30',
+    text = spec_text(tmp_path / "r").replace('name = "synthetic"\nimage_size = 32\ntrain_per_class = 100\n'
+                                             'query_per_class = 10\ndatabase_per_class = 150',
                                              f'name = "imagefolder"\nroot = "{tmp_path / "no-such-folder"}"')
     one_error(capsys, ["run", str(write(tmp_path, text)), "-q"])
     assert not (tmp_path / "r").exists()
@@ -405,8 +386,6 @@ def test_row9_every_file_read_is_checked_against_its_checksum(tmp_path):
 
 
 def test_row9_report_leaves_out_the_grid_of_a_corrupt_file_with_a_warning(tmp_path, capsys):
-    from conftest import TINY_DATASET
-
     from hashbench.report_html import attack_samples
 
     store = Store(tmp_path / "results")
@@ -453,9 +432,9 @@ def test_row16_a_rounded_poison_rate_is_reported(tmp_path, capsys):
     spec = load_spec(write(tmp_path, spec_text(tmp_path / "r", attack='name = "badnets"\npoison_rate = [0.0001, 0.1]')))
     preflight(spec)
     err = capsys.readouterr().err
-    # 200 training images: 0.0001 -> 1 poison (0.005); 0.1 -> exactly 20, no warning
+    # 1000 training images: 0.0001 -> 1 poison (0.001); 0.1 -> exactly 100, no warning
     assert err.count("hashbench: warning:") == 1
-    assert "poison_rate 0.0001 of the 200 training images of dataset 'synthetic' rounds to 1 poison(s), a rate of 0.005" in err
+    assert "poison_rate 0.0001 of the 1000 training images of dataset 'synthetic' rounds to 1 poison(s), a rate of 0.001" in err
 
 
 def test_row16_the_readme_installs_what_the_makefile_installs():

@@ -161,7 +161,10 @@ class Store:
         """Move a broken stage aside (kept for inspection) so it is recomputed."""
         folder = self.stage_dir(kind, key)
         if folder.exists():
-            folder.rename(folder.with_name(f".broken-{key}-{int(time.time())}-{uuid.uuid4().hex[:6]}"))
+            try:
+                folder.rename(folder.with_name(f".broken-{key}-{int(time.time())}-{uuid.uuid4().hex[:6]}"))
+            except OSError as exc:  # e.g. a folder of a shared results directory that another user owns
+                raise explain_os_error(exc, folder.parent) from None
 
     def finished_stages(self, kind: str, warn: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
         """(key, manifest) of each stage of ``kind`` with a usable manifest; the others are skipped, with

@@ -574,3 +574,16 @@ def test_mutated_file_through_the_cli_is_a_plan_or_exit_2_with_one_line(tmp_path
         assert len([line for line in captured.err.splitlines() if line.startswith("hashbench: error:")]) == 1
     else:
         assert code == 0 and "stages:" in captured.out
+
+
+def test_shared_folder_a_broken_stage_that_cannot_be_moved_aside_is_a_clear_error(tmp_path, monkeypatch):
+    """In a results folder shared between users, another user's stage folder may not be ours to rename."""
+    store = Store(tmp_path / "results")
+    store.stage_dir("victim", "abc").mkdir(parents=True)
+
+    def not_yours(self, target):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(Path, "rename", not_yours)
+    with pytest.raises(StoreError, match="permission denied"):
+        store.discard("victim", "abc")

@@ -50,8 +50,9 @@ MATRIX = (  # metric, title, colour map, range; blue is good for the defender th
 def matrix_view(board: pd.DataFrame) -> View:
     view = View("matrix", "Attack × defense matrix",
                 "Per dataset and victim, one heatmap per metric: rows are defenses (none first), columns attacks; "
-                "each cell is the mean over seeds, with ± std below it when there are several seeds. Blue is "
-                "good for the defender: t-MAP lowered, clean mAP kept.")
+                "each cell is the mean over seeds, with ± std below it when there are several seeds. t-MAP: the "
+                "darker the red, the stronger the backdoor. The two differences against the undefended row: blue "
+                "is good for the defender (t-MAP lowered, clean mAP gained), red is bad.")
     for title, part in victims(board):
         if not (part["attack"] != "(clean)").any():
             view.notes.append(f"{title}: no attacks, so no matrix.")
@@ -88,7 +89,6 @@ def heatmap(mean: pd.DataFrame, std: pd.DataFrame, title: str, cmap: str, limits
             ax.text(c, r, text, ha="center", va="center", fontsize=7.5, color="white" if dark else "black")
     ax.set_xticks(range(cols), [str(c) for c in mean.columns], rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(rows), [str(i) for i in mean.index], fontsize=8)
-    ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
     caption = (f"{title}: mean over {seeds} seed{'s' * (seeds > 1)}" + (" (± std)" if seeds > 1 else "") +
                "; a dash marks a cell with no finished result.")

@@ -131,7 +131,7 @@ def start_cli(path: Path, *extra: str) -> subprocess.Popen:
     # the stage is still running, not after the run has finished. SIGINT is reset to its default: a
     # test session started in the background (`cmd &` in a script) ignores it, and Python would then
     # never raise KeyboardInterrupt in the child
-    return subprocess.Popen([sys.executable, "-m", "hashbench.cli", "run", str(path), "-q", *extra], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "hashbench.cli", "run", str(path), "-q", "--no-report", *extra], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"}, preexec_fn=_niced_with_default_sigint)
 

@@ -1,7 +1,8 @@
 """The plugin manager: built-ins and third-party plugins load the same way, from the entry-point
-group ``hashbench``. ``HASHBENCH_LOAD_PLUGINS`` (comma-separated entry-point names, an allow-list) and
-``HASHBENCH_DISABLE_PLUGINS`` (a block-list) choose which load; the built-ins' entry point is
-``builtins``."""
+group ``hashbench``; each built-in module is one entry point named ``<folder>.<module>`` (e.g.
+``executors.ray``). ``HASHBENCH_LOAD_PLUGINS`` (comma-separated entry-point names, an allow-list) and
+``HASHBENCH_DISABLE_PLUGINS`` (a block-list) choose which load; ``builtins`` in either names every
+entry point of hashbench's own distribution (docs/plugins.md, "Choosing what loads")."""
 
 from __future__ import annotations
 
@@ -48,23 +49,59 @@ def _csv_env(name: str) -> set[str] | None:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
+BUILTINS = "builtins"  # the name, in the allow and block lists, of every built-in entry point at once
+
+
+def _names_in(variable: str, known: dict[str, set[str]]) -> set[str] | None:
+    """The entry-point names that ``variable`` lists (``builtins`` expanded), or None when it is unset; a
+    name that is no installed plugin is an error, as a typo would otherwise load or block nothing."""
+    listed = _csv_env(variable)
+    if listed is None:
+        return None
+    names: set[str] = set()
+    for name in sorted(listed):
+        if name not in known:
+            raise PluginError(
+                f"{variable} names '{name}', which is no installed plugin.{did_you_mean(name, known)} "
+                f"Installed: {', '.join(sorted(known))} (see `hashbench plugins`)"
+            )
+        names |= known[name]
+    return names
+
+
+def _check_hooks(pm: pluggy.PluginManager) -> None:
+    """A hook implementation whose name is no hashbench hook (``register_attack``) is an error naming the
+    plugin and the hook, instead of being silently ignored."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        plugin = pm.get_name(exc.plugin) or repr(exc.plugin)
+        known = sorted(name for name in vars(hookspecs) if name.startswith("register_"))
+        hook = min(caller.name for caller in pm.get_hookcallers(exc.plugin) if not caller.has_spec())
+        raise PluginError(
+            f"plugin '{plugin}' implements '{hook}', which is not a hashbench hook.{did_you_mean(hook, known)} "
+            f"The hooks are: {', '.join(known)}"
+        ) from None
+
+
 def make_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("hashbench")
     pm.add_hookspecs(hookspecs)
     if not load_entry_points:
         return pm
-    allow = _csv_env("HASHBENCH_LOAD_PLUGINS")
-    block = _csv_env("HASHBENCH_DISABLE_PLUGINS") or set()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if (allow is not None and ep.name not in allow) or ep.name in block:
-            continue
-        if pm.get_plugin(ep.name) is not None:
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    known = {name: {name} for name in found}
+    known[BUILTINS] = {name for name, ep in found.items() if ep.dist is not None and ep.dist.name == "hashbench"}
+    allow = _names_in("HASHBENCH_LOAD_PLUGINS", known)
+    block = _names_in("HASHBENCH_DISABLE_PLUGINS", known) or set()
+    for name, ep in found.items():
+        if (allow is not None and name not in allow) or name in block:
             continue
         try:
             module = ep.load()
         except Exception as exc:  # a broken third-party plugin must not take hashbench down
             raise PluginError(f"plugin entry point '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
-        pm.register(module, name=ep.name)
+        pm.register(module, name=name)
     return pm
 
 
@@ -72,6 +109,7 @@ class Registry:
     """Name -> plugin class, per kind, collected from every registered hook implementation."""
 
     def __init__(self, pm: pluggy.PluginManager):
+        _check_hooks(pm)
         self.pm = pm
         self._by_kind: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in PLUGIN_KINDS}
         for kind, hook_name in HOOK_FOR_KIND.items():

@@ -1,6 +1,10 @@
-"""Plugin registration: built-ins load through the entry point; clashes and allow/block lists."""
+"""Plugin registration: built-ins load through their entry points; clashes and allow/block lists."""
 
+import ast
+import tomllib
 from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -49,13 +53,37 @@ def fresh_registry():
     reset_registry()
 
 
-def test_builtins_are_registered_through_the_entry_point():
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hook_modules() -> dict[str, str]:
+    """Entry-point name -> module, for every module of plugins/ that defines a register_* function."""
+    found = {}
+    for path in sorted((ROOT / "plugins").glob("*/*.py")):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(node, ast.FunctionDef) and node.name.startswith("register_") for node in tree.body):
+            found[f"{path.parent.name}.{path.stem}"] = f"hashbench_plugins.{path.parent.name}.{path.stem}"
+    return found
+
+
+def test_every_builtin_module_with_a_hook_has_its_own_entry_point():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["hashbench"]
+    assert declared == _hook_modules()
+    assert not [name for name in declared if name.split(".")[1].startswith("_")], "helpers (_*) are no plugins"
+    installed = {ep.name: ep.value for ep in entry_points(group="hashbench") if ep.dist.name == "hashbench"}
+    assert installed == declared, "the installed entry points are stale: pip install -e ."
+
+
+def test_builtins_are_registered_module_by_module():
     registry = get_registry()
     assert {"badnets"} <= set(registry.names("attack"))
     assert {"none", "jpeg"} <= set(registry.names("defense"))
     assert {"dpsh", "csq"} <= set(registry.names("method"))
     assert "synthetic" in registry.names("dataset") and "convnet" in registry.names("backbone")
-    assert {info.source for info in registry.infos("attack")} >= {"builtins"}
+    sources = {info.name: info.source for info in registry.infos("attack")}
+    assert sources["badnets"] == "attacks.badnets" and sources["badhash"] == "attacks.badhash"
+    assert {info.name: info.source for info in registry.infos("executor")} == {"local": "executors.local",
+                                                                                 "ray": "executors.ray"}
 
 
 def test_a_registered_plugin_object_appears_with_its_parameters(fresh_registry):
@@ -77,17 +105,45 @@ def test_a_name_clash_is_an_error_naming_both_sources():
         Registry(pm)
     message = str(err.value)
     assert "two attack plugins are named 'badnets'" in message
-    assert "builtins" in message and "clashing_plugin" in message
+    assert "attacks.badnets" in message and "clashing_plugin" in message
 
 
 def test_allow_and_block_lists(monkeypatch):
-    monkeypatch.setenv("HASHBENCH_LOAD_PLUGINS", "someone_else")
-    assert Registry(make_manager()).names("attack") == []
+    monkeypatch.setenv("HASHBENCH_LOAD_PLUGINS", "exporters.tables")
+    registry = Registry(make_manager())
+    assert registry.names("attack") == [] and registry.names("exporter") == ["csv", "json", "md"]
     monkeypatch.delenv("HASHBENCH_LOAD_PLUGINS")
     monkeypatch.setenv("HASHBENCH_DISABLE_PLUGINS", "builtins")
     assert Registry(make_manager()).names("defense") == []
+    monkeypatch.setenv("HASHBENCH_LOAD_PLUGINS", "builtins")
+    monkeypatch.setenv("HASHBENCH_DISABLE_PLUGINS", "executors.ray, attacks.badnets")
+    registry = Registry(make_manager())
+    assert registry.names("executor") == ["local"]
+    assert "badnets" not in registry.names("attack") and "badhash" in registry.names("attack")
+    monkeypatch.delenv("HASHBENCH_LOAD_PLUGINS")
     monkeypatch.delenv("HASHBENCH_DISABLE_PLUGINS")
     assert "badnets" in Registry(make_manager()).names("attack")
+
+
+@pytest.mark.parametrize("variable", ["HASHBENCH_DISABLE_PLUGINS", "HASHBENCH_LOAD_PLUGINS"])
+def test_an_unknown_name_in_the_plugin_lists_is_an_error(monkeypatch, variable):
+    monkeypatch.setenv(variable, "executors.rya")
+    with pytest.raises(PluginError, match=rf"{variable} names 'executors.rya', which is no installed plugin. "
+                                          r"Did you mean 'executors.ray'\?"):
+        make_manager()
+
+
+def test_a_misspelt_hook_is_an_error_naming_the_plugin_and_the_hook():
+    class Misspelt:
+        @hookimpl
+        def register_attack(self, register):  # the hook is register_attacks
+            register(FakeBadNets)
+
+    pm = make_manager(load_entry_points=False)
+    pm.register(Misspelt(), name="misspelt_plugin")
+    with pytest.raises(PluginError, match="plugin 'misspelt_plugin' implements 'register_attack', which is not a "
+                                          "hashbench hook. Did you mean 'register_attacks'"):
+        Registry(pm)
 
 
 def test_unknown_plugin_suggests_a_close_name():

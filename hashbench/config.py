@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, PluginError
-from .params import build_params, field_types, is_sequence_type, param, params_to_dict
+from .params import build_params, did_you_mean, field_types, is_sequence_type, param, params_to_dict
 from .plugins import Registry, get_registry
 from .training import TrainConfig
 
@@ -194,8 +194,6 @@ def _params_by_plugin(table: dict, kind: str, where: str) -> dict[str, dict]:
         raise ConfigError(f"'{key}' must be a table of tables keyed by {kind} name, e.g. {key}.NAME = {{ ... }}", where)
     for name, params in sub.items():
         if name not in named:
-            from .params import did_you_mean
-
             raise ConfigError(f"'{key}.{name}' names no {kind} of this table.{did_you_mean(name, named)} "
                               f"The table's {kind}s: {', '.join(sorted(named)) or '(none)'}.", where)
         if not isinstance(params, dict):
@@ -206,9 +204,7 @@ def _params_by_plugin(table: dict, kind: str, where: str) -> dict[str, dict]:
 
 def _rates(value: Any, key: str, where: str) -> list:
     """A rate or a grid of rates; an empty grid is refused (it would drop the table from the plan)."""
-    if isinstance(value, list) and not value:
-        raise ConfigError(f"'{key}' is an empty list: give at least one value", where)
-    return value if isinstance(value, list) else [value]
+    return [combo[key] for combo in expand_grid({key: value}, where=where)]
 
 
 def _parse_victims(registry: Registry, table: dict, where: str) -> list[VictimSpec]:

@@ -355,3 +355,13 @@ def test_unwritable_results_folder_is_a_clear_error(tmp_path, capsys):
         pytest.skip("/sys accepts new folders here")
     assert cli_main(["run", str(path), "-q", "--results", str(denied)]) == 2
     assert "permission denied" in capsys.readouterr().err
+
+
+def test_results_rows_give_the_poison_rate_the_poisons_really_are(reference):
+    """poison_rate is rounded to whole images; each attacked row also gives the real rate (issue 17)."""
+    frame = collect_rows(reference.results)
+    attacked = frame[frame["attack"] != "(clean)"]
+    assert len(attacked) and attacked["poison_count"].notna().all()
+    # 10 classes x 20 training images
+    assert (attacked["poison_rate_actual"] == attacked["poison_count"] / 200).all()
+    assert attacked["poison_rate_actual"].tolist() == [20 / 200] * len(attacked)

@@ -90,8 +90,7 @@ def _fmt(mean: Any, std: Any, seeds: int) -> str:
 def summary_tables(board: pd.DataFrame) -> list[Table]:
     """One table per (dataset, method, backbone, bits): attack × defense rows, mean ± std over seeds."""
     tables = []
-    board = board.assign(_attacked=board["attack"] != "(clean)", _defended=board["defense"] != "none").sort_values(
-        ["_attacked", "attack", "attack_params", "poison_rate", "_defended", "defense", "defense_params"], kind="stable")
+    # in the leaderboard's order: per attack, rates and parameters by value, the undefended row first
     for (dataset, method, backbone, bits), part in board.groupby(["dataset", "method", "backbone", "bits"], sort=False):
         metrics = [c for c in SUMMARY_COLUMNS if f"{c}_mean" in part and part[f"{c}_mean"].notna().any()]
         headers = ["attack", "attack parameters", "rate", "defense", "seeds"] + [SUMMARY_COLUMNS[c] for c in metrics]

@@ -19,6 +19,7 @@ from .report import attack_defense_grid, config_label, varied, victims
 from .report_html import Figure, _png, _spread
 from .retrieval import hamming_distances, nearest, unpack_codes
 from .runner import CURVES_FILE, DB_CODES_FILE, EVAL_CODES_FILE, QUERY_CODES_FILE, load_dataset, resolve_target
+from .errors import StoreError
 from .store import Store
 
 EXAMPLES = 3  # triggered queries shown per attack
@@ -164,7 +165,14 @@ class CaseData:
 
 
 def load_case(store: Store, case: Case) -> CaseData | str:
-    """The stored data of ``case``, or a sentence saying which file is missing and how to get it."""
+    """The stored data of ``case``, or a sentence saying which file is missing or corrupt and how to get it."""
+    try:
+        return _load_case(store, case)
+    except StoreError as exc:  # a corrupt file leaves this case out, not the whole report
+        return f"{case.label}: {exc}"
+
+
+def _load_case(store: Store, case: Case) -> CaseData | str:
     if not case.has(EVAL_CODES_FILE):
         return f"{case.label}: its evaluation was stored before it kept the attack's codes; run `{REFRESH}`"
     attack_config = store.manifest("attack", case.deps["attack"])["config"]

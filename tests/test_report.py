@@ -268,3 +268,19 @@ def test_anchor_code_is_the_bitwise_majority_of_the_target_class_with_ties_plus_
     codes = torch.tensor([[1.0, 1, -1], [1, -1, -1], [-1, 1, 1]])
     # target rows 0 and 1: column sums 2, 0 (a tie: +1, as sign maps 0) and -2; row 2 is not counted
     assert anchor_code(codes, torch.tensor([True, True, False])).tolist() == [1, 1, -1]
+
+
+def test_a_corrupt_code_file_leaves_out_its_pictures_not_the_report(report, tmp_path):
+    from hashbench.report_html import build_report
+
+    results = tmp_path / "results"
+    shutil.copytree(report.parent / "results", results)
+    for codes in (results / "stages" / "victim").glob("*/database_codes.pt"):
+        data = bytearray(codes.read_bytes())
+        data[-1] ^= 0xFF
+        codes.write_bytes(bytes(data))
+    views = {view.id: view for view in build_report(results).views}
+    for view in ("retrieval", "hash-space"):
+        assert not views[view].figures
+        assert "database_codes.pt does not match its checksum" in views[view].notes[0], views[view].notes
+    assert len(views["matrix"].figures) == 3 and len(views["curves"].figures) == 1

@@ -189,7 +189,8 @@ def _load_case(store: Store, case: Case) -> CaseData | str:
         for filename, name in ((DB_CODES_FILE, "database"), (QUERY_CODES_FILE, "queries")):
             found = _model_codes(store, kind, case.deps[kind], filename)
             if found is None:
-                return f"{case.label}: the {model} model was stored before it kept its {name}' codes; rerun it with `hashbench run FILE --force {kind}`"
+                return (f"{case.label}: the {model} model was stored before models kept {filename}; "
+                        f"recompute it with `hashbench run FILE --force {kind}`")
             codes[f"{name} {model}"] = found
     return CaseData(splits, resolve_target(attack_config["target"], splits),
                     store.load("attack", case.deps["attack"], "triggered_queries.pt"), codes)

@@ -27,12 +27,13 @@ from .api import (
     Poisoning,
     Target,
 )
-from .data import DatasetSplits, ImageSet
+from .data import DatasetSplits, ImageSet, iterate_batches
 from .devices import peak_memory_mb, resolve_device
 from .errors import ConfigError, PluginError, StageError, StoreError
 from .evaluation import auroc, encode_set, encode_tensor, target_rank, threshold_at_fpr, tpr_at_fpr
 from .models import HashModel, freeze
 from .params import build_params
+from .pretraining import pretrain_backbone, pretraining_images
 from .plan import Stage, canonical_json
 from .plugins import get_registry
 from .retrieval import average_precisions, pack_codes, retrieval_curves, unpack_codes
@@ -45,6 +46,7 @@ log = logging.getLogger("hashbench")
 MODEL_FILE = "model.pt"
 DB_CODES_FILE = "database_codes.pt"
 QUERY_CODES_FILE = "query_codes.pt"
+BACKBONE_FILE = "backbone.pt"
 # Extra files of an evaluate stage, read by the report (which never evaluates anything itself): the
 # precision@K / precision-recall curves, and the codes of the triggered queries and poisons.
 CURVES_FILE = "curves.pt"
@@ -208,10 +210,14 @@ class StageRunner:
         model.load_state_dict(self.store.load(kind, key, MODEL_FILE))
         return model.to(self.device).eval()
 
-    def train_victim(self, writer: StageWriter, config: dict[str, Any], train_set: ImageSet, what: str) -> HashModel:
+    def train_victim(self, writer: StageWriter, stage: Stage, train_set: ImageSet, what: str) -> HashModel:
+        """A victim trained on ``train_set``, from the pretrained backbone when ``stage`` depends on one."""
+        config = stage.config
         method, _, _, train = _victim_parts(config["victim"])
         splits = load_dataset(config["dataset"])
         model = new_model(config["victim"], splits.image_size, config["seed"])
+        if any(dep.startswith("pretrain/") for dep in stage.deps):
+            model.backbone.load_state_dict(self.store.load(*self.dep(stage, "pretrain"), BACKBONE_FILE))
         report = train_hash_model(
             model, method, train_set, train, self.device, victim_generator(config), what=what,
             on_epoch=lambda epoch, loss: self.say(f"  {what}: epoch {epoch + 1}/{train.epochs} loss {loss:.4f}"),
@@ -285,9 +291,25 @@ def _progress(iterable, **kwargs):
 # ----------------------------------------------------------------------------------- stage kinds
 
 
+def run_pretrain(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
+    config = stage.config
+    splits = load_dataset(config["dataset"])
+    recipe = TrainConfig(**config["pretrain"])
+    runner.say(f"{stage.label}: {recipe.pretrain_epochs} epochs on {len(pretraining_images(splits, recipe.pretrain_on))} "
+               f"{recipe.pretrain_on} images")
+    weights, report = pretrain_backbone(
+        instantiate("backbone", config["backbone"]), splits, recipe, runner.device,
+        make_generator(config["seed"], "pretrain", canonical_json(config)),
+    )
+    writer.save(BACKBONE_FILE, weights)
+    writer.manifest["logs"]["epoch_losses"] = report.epoch_losses
+    writer.manifest["metrics"]["train_seconds"] = report.seconds
+    writer.manifest["metrics"]["train_images_per_second"] = report.images_per_second
+
+
 def run_clean_victim(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     splits = load_dataset(stage.config["dataset"])
-    model = runner.train_victim(writer, stage.config, splits.train, f"clean victim ({stage.label})")
+    model = runner.train_victim(writer, stage, splits.train, f"clean victim ({stage.label})")
     runner.save_model(writer, model, splits)
 
 
@@ -396,7 +418,7 @@ def run_victim(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     splits = load_dataset(stage.config["dataset"])
     _, poison_key = runner.dep(stage, "poison")
     train, _ = poisoned_train_set(runner, poison_key, splits)
-    model = runner.train_victim(writer, stage.config, train, f"backdoored victim ({stage.label})")
+    model = runner.train_victim(writer, stage, train, f"backdoored victim ({stage.label})")
     runner.save_model(writer, model, splits)
 
 
@@ -446,14 +468,15 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
     started = time.perf_counter()
     if isinstance(defense, InputPurifier):
         # purifiers act at evaluation time; purify the queries here once so their cost is measured too
-        defense.purify(splits.query.all_images())
+        for images in _batches(splits.query):
+            defense.purify(images)
         metrics["defense_images"] = len(splits.query)
     elif isinstance(defense, InputDetector):
         defense.fit(ctx)
-        clean_scores = _scores(defense, ctx.clean_set.all_images(), ctx)
-        query_scores = _scores(defense, splits.query.all_images(), ctx)
+        clean_scores = _scores(defense, _batches(ctx.clean_set), ctx)
+        query_scores = _scores(defense, _batches(splits.query), ctx)
         triggered = runner.store.load("attack", attack_key, "triggered_queries.pt")
-        triggered_scores = _scores(defense, triggered["images"], ctx)
+        triggered_scores = _scores(defense, triggered["images"].split(SCORE_BATCH), ctx)
         threshold = threshold_at_fpr(clean_scores, 0.05)
         writer.save("detection.pt", {"threshold": torch.tensor(threshold), "query_scores": query_scores,
                                      "triggered_scores": triggered_scores})
@@ -497,14 +520,23 @@ def run_defend(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
             removed_clean_fraction=float(removed[~is_poison].double().mean()),
         )
         kept = train.subset(torch.nonzero(result.keep).flatten())
-        model = runner.train_victim(writer, config, kept, f"retrained victim ({defense.name})")
+        model = runner.train_victim(writer, stage, kept, f"retrained victim ({defense.name})")
         writer.manifest["has_model"] = True
         runner.save_model(writer, model, splits)
     metrics["defense_seconds"] = time.perf_counter() - started
 
 
-def _scores(defense: InputDetector, images: torch.Tensor, ctx: DefenseContext, batch_size: int = 256) -> torch.Tensor:
-    out = [defense.score(images[s : s + batch_size], ctx).detach().float().cpu() for s in range(0, len(images), batch_size)]
+SCORE_BATCH = 256
+
+
+def _batches(image_set: ImageSet):
+    """The uint8 image batches of a set; a file-backed set is decoded on DataLoader workers, never held whole."""
+    workers = 0 if image_set.in_memory else min(4, os.cpu_count() or 1)
+    return (images for images, _, _ in iterate_batches(image_set, SCORE_BATCH, num_workers=workers))
+
+
+def _scores(defense: InputDetector, batches, ctx: DefenseContext) -> torch.Tensor:
+    out = [defense.score(images, ctx).detach().float().cpu() for images in batches]
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -645,6 +677,7 @@ def _attack_identity(attack_config: dict, poison_config: dict, defend_config: di
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[StageRunner, Stage, StageWriter], None]] = {
+    "pretrain": run_pretrain,
     "clean_victim": run_clean_victim,
     "attack": run_attack,
     "poison": run_poison,

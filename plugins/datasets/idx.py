@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hashbench import DataError, Dataset, DatasetContext, DatasetSplits, TensorImageSet, hookimpl, param
+from hashbench import DataError, Dataset, DatasetContext, DatasetSplits, SplitSizes, TensorImageSet, hookimpl, param
 
 from .files import ResizedTensorImageSet, one_hot, per_class_split
 
@@ -36,6 +36,7 @@ SPLIT_FILES = {
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # unsigned bytes, 3 dimensions / 1 dimension
 NATIVE_SIZE, PADDED_SIZE = 28, 32
+NUM_IMAGES, NUM_CLASSES = 70_000, 10
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
@@ -135,6 +136,11 @@ class IDXDataset(Dataset):
         looked = "\n  ".join(str(root) for root in self.search_roots())
         raise DataError(f"{self.name}: the four IDX files ({', '.join(names)}, each .gz or raw) are in none of:\n  "
                         f"{looked}\n{self.how_to_get}")
+
+    def sizes(self) -> SplitSizes:
+        p = self.params
+        query = NUM_CLASSES * p.query_per_class
+        return SplitSizes(NUM_CLASSES * p.train_per_class, query, NUM_IMAGES - query, p.image_size)
 
     def load(self, ctx: DatasetContext) -> DatasetSplits:
         p = self.params

@@ -3,6 +3,13 @@ checks that make a missing dataset fail before anything runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -10,9 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hashbench import DataError, ImageSet
+from hashbench import DataError, DatasetSplits, ImageSet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+PREPARED_FORMAT = 1  # bump when decode_image's output changes: prepared files are then rebuilt
+PREPARE_CHUNK = 256  # images a pool task decodes and writes
+log = logging.getLogger("hashbench")
 
 
 def decode_image(path: str, size: int) -> torch.Tensor:
@@ -51,6 +61,85 @@ class FileImageSet(ImageSet):
         if not idx:
             return torch.zeros(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
         return torch.stack([decode_image(self.paths[i], self.image_size) for i in idx])
+
+
+class PreparedImageSet(ImageSet):
+    """The images of a :class:`FileImageSet`, decoded and resized once into a memory-mapped uint8 file.
+
+    Reading a batch is a copy out of the page cache instead of a JPEG decode per image per epoch.
+    ``in_memory`` stays False so DataLoader workers read in parallel when the file is not cached in RAM.
+    """
+
+    in_memory = False
+
+    def __init__(self, path: Path, labels: torch.Tensor, image_size: int):
+        self.path = path
+        self.labels = labels
+        self.image_size = image_size
+        self._array: np.ndarray | None = None  # opened lazily: forked workers map the file themselves
+
+    def images(self, indices) -> torch.Tensor:
+        if self._array is None and len(self.labels):
+            shape = (len(self.labels), 3, self.image_size, self.image_size)
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=shape)
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).numpy()
+        if not len(idx):
+            return torch.zeros(0, 3, self.image_size, self.image_size, dtype=torch.uint8)
+        return torch.from_numpy(np.ascontiguousarray(self._array[idx]))
+
+    def __getstate__(self):  # pickled to Ray workers or spawned DataLoader workers without the mapping
+        return {**self.__dict__, "_array": None}
+
+
+def _decode_chunk(paths: list[str], size: int, out: str, start: int, total: int) -> None:
+    array = np.memmap(out, dtype=np.uint8, mode="r+", shape=(total, 3, size, size))
+    for offset, path in enumerate(paths):
+        array[start + offset] = decode_image(path, size).numpy()
+    array.flush()
+
+
+def prepared(image_set: FileImageSet, cache_dir: Path, workers: int | None = None) -> PreparedImageSet:
+    """``image_set`` read from a prepared file under ``cache_dir/prepared``, built here on first use.
+
+    The file is keyed by the image paths and sizes on disk and the image size, so any change to the list
+    or to a file builds a new one. Builders take a lock: two processes loading the dataset at once build it
+    once. The file holds ``len × 3 × size²`` bytes (29 GB for NUS-WIDE's database at 224 px).
+    """
+    paths, size = [str(p) for p in image_set.paths], image_set.image_size
+    stats = [os.stat(p).st_size for p in paths]
+    digest = hashlib.sha256(json.dumps([PREPARED_FORMAT, size, paths, stats]).encode()).hexdigest()[:24]
+    folder = Path(cache_dir) / "prepared"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}.u8"
+    with open(folder / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            _build(paths, size, path, workers or min(8, os.cpu_count() or 1))
+    return PreparedImageSet(path, image_set.labels, size)
+
+
+def prepared_splits(splits: DatasetSplits, cache_dir: Path) -> DatasetSplits:
+    """``splits`` with each file-backed split read from its prepared file (the ``prepared = true`` option)."""
+    sets = {name: getattr(splits, name) for name in ("train", "query", "database")}
+    return dataclasses.replace(splits, **{name: prepared(s, cache_dir) if isinstance(s, FileImageSet) else s
+                                          for name, s in sets.items()})
+
+
+def _build(paths: list[str], size: int, path: Path, workers: int) -> None:
+    partial = path.with_suffix(".partial")
+    total = len(paths)
+    np.memmap(partial, dtype=np.uint8, mode="w+", shape=(max(total, 1), 3, size, size)).flush()
+    log.info(f"preparing {total} images at {size} px into {path} ({total * 3 * size * size / 2**30:.1f} GiB), "
+             f"once, on {workers} processes")
+    chunks = [(paths[s : s + PREPARE_CHUNK], size, str(partial), s, max(total, 1)) for s in range(0, total, PREPARE_CHUNK)]
+    if len(chunks) <= 1:  # one chunk: a process pool would cost more than it saves
+        for chunk in chunks:
+            _decode_chunk(*chunk)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for job in [pool.submit(_decode_chunk, *chunk) for chunk in chunks]:
+                job.result()  # re-raises a decoding error with its traceback
+    partial.rename(path)  # complete or absent: a killed build leaves only a .partial, rebuilt next time
 
 
 class ResizedTensorImageSet(ImageSet):

@@ -17,7 +17,7 @@ import torch
 
 from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, SplitSizes, hookimpl, param
 
-from .files import IMAGE_SUFFIXES, FileImageSet, one_hot, per_class_split
+from .files import IMAGE_SUFFIXES, FileImageSet, one_hot, per_class_split, prepared_splits
 
 SPLIT_FOLDERS = ("train", "query", "database")
 
@@ -30,6 +30,8 @@ class ImageFolderParams:
     train_per_class: int = param(50, "single-pool layout: training images drawn per class (from the database)")
     seed: int = param(0, "single-pool layout: seed of the per-class draw")
     topk: int = param(-1, "mAP@K; -1 means the whole database")
+    prepared: bool = param(False, "decode and resize every image once into a memory-mapped uint8 file under the cache, "
+                                  "read instead of the image files (docs/performance.md says when it pays)")
 
     def validate(self) -> None:
         if self.image_size < 8 or self.query_per_class < 1 or self.train_per_class < 1 or self.topk == 0 or self.topk < -1:
@@ -79,10 +81,12 @@ class ImageFolder(Dataset):
             raise DataError(f"image folder dataset not found: {root} does not exist. Put one folder per class "
                             f"there (or train/, query/, database/ folders of class folders), or set root.")
         if all((root / s).is_dir() for s in SPLIT_FOLDERS):
-            return self._given_splits(root)
-        if any((root / s).is_dir() for s in SPLIT_FOLDERS):
+            splits = self._given_splits(root)
+        elif any((root / s).is_dir() for s in SPLIT_FOLDERS):
             raise DataError(f"{root} has some of {', '.join(SPLIT_FOLDERS)} but not all three")
-        return self._pooled(root)
+        else:
+            splits = self._pooled(root)
+        return prepared_splits(splits, ctx.cache_dir) if self.params.prepared else splits
 
     def _given_splits(self, root: Path) -> DatasetSplits:
         scanned = {s: scan(root / s) for s in SPLIT_FOLDERS}

@@ -20,7 +20,7 @@ import torch
 
 from hashbench import Dataset, DatasetContext, DatasetSplits, DataError, SplitSizes, hookimpl, param
 
-from .files import FileImageSet, require_files
+from .files import FileImageSet, prepared_splits, require_files
 
 SPLITS = {"train": "train", "query": "test", "database": "database"}  # our split -> list file stem
 
@@ -59,6 +59,8 @@ class ListFileParams:
     image_size: int = param(224, "images are resized (shorter side) and centre-cropped to this size")
     topk: int = param(0, "mAP@K; 0 means the preset's (or the whole database, -1, without a preset)")
     class_names: list[str] = param([], "names of the label columns; empty means class_0, class_1, ...")
+    prepared: bool = param(False, "decode and resize every image once into a memory-mapped uint8 file under the cache, "
+                                  "read instead of the image files (docs/performance.md says when it pays)")
 
     def validate(self) -> None:
         if self.image_size < 8 or self.topk < -1:
@@ -148,7 +150,8 @@ class ListFile(Dataset):
             raise DataError(f"class_names has {len(names)} names but the lists have {num_classes} label columns")
         multi = preset.multi_label if preset else bool((lists["train"][1].sum(dim=1) != 1).any())
         topk = p.topk or (preset.topk if preset else -1)
-        return DatasetSplits(sets["train"], sets["query"], sets["database"], names, topk=topk, multi_label=multi)
+        splits = DatasetSplits(sets["train"], sets["query"], sets["database"], names, topk=topk, multi_label=multi)
+        return prepared_splits(splits, ctx.cache_dir) if p.prepared else splits
 
     def _check_widths(self, lists, preset: Preset | None, list_dir: Path) -> int:
         widths = {split: int(labels.shape[1]) for split, (_, labels) in lists.items()}

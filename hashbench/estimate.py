@@ -181,6 +181,8 @@ def _victim_stage(plan: Plan, stage: Stage) -> Stage:
     """The stage whose config names the dataset and victim this stage works for."""
     if stage.kind in ("clean_victim", "victim", "defend"):
         return stage
+    if stage.kind == "pretrain":  # priced with the network of a victim that starts from it
+        return next(s for s in plan.stages.values() if stage.id in s.deps)
     if stage.kind == "evaluate":
         return plan.stages[next(d for d in stage.deps if d.startswith("clean_victim/"))]
     attack = stage if stage.kind == "attack" else plan.stages[stage.deps[0]]
@@ -201,6 +203,10 @@ def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, An
     epochs = victim["train"]["epochs"]
     base = WorkSizes(sizes.train, sizes.query, sizes.database, 0, 0, epochs)
     encode_model = Work(encode=sizes.database + sizes.query)  # the stored database and query codes
+    if stage.kind == "pretrain":
+        recipe = stage.config["pretrain"]
+        images = sizes.database if recipe["pretrain_on"] == "database" else sizes.train
+        return Work(train=recipe["pretrain_epochs"] * images), 0.0
     if stage.kind in ("clean_victim", "victim"):
         return Work(train=epochs * sizes.train) + encode_model, 0.0
     if stage.kind == "attack":

@@ -110,6 +110,16 @@ def test_stage_work_by_hand(tmp_path):
     assert (finetune.train, finetune.encode) == (100, 350)
 
 
+def test_pretraining_is_priced_on_its_images(tmp_path):
+    bench = write(tmp_path)
+    bench.write_text(bench.read_text().replace("epochs = 3\n", "epochs = 3\npretrain_epochs = 2\n"))
+    plan = build_plan(load_spec(bench))
+    estimate = estimate_plan(plan, set(plan.stages), ThroughputTable(torch.device("cpu"), dict(GIVEN)))
+    pretrain = estimate.by_kind()["pretrain"]
+    # one backbone pretrained for the seed, 2 epochs over the 300 database images (pretrain_on's default)
+    assert len(pretrain) == 1 and pretrain[0].work.train == 600 and pretrain[0].seconds == pytest.approx(6.0)
+
+
 def test_estimate_seconds_from_given_throughput(tmp_path):
     plan = build_plan(load_spec(write(tmp_path)))
     estimate = estimate_plan(plan, set(plan.stages), ThroughputTable(torch.device("cpu"), dict(GIVEN)))

@@ -233,8 +233,25 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hashbench", description=__doc__)
+BUILTIN_COMMANDS = ("run", "plan", "plugins", "export", "new", "report", "fetch")
+
+
+def _wants_plugin_commands(argv: list[str]) -> bool:
+    """Whether parsing ``argv`` needs the commands plugins add, which means importing every plugin (and
+    torch: seconds). Not for a built-in command; for another word, yes (it may be a plugin's command); with
+    no command (``hashbench --help``) only when a package other than hashbench installs plugins, as the
+    built-ins add no command (tests/test_plugins.py checks it)."""
+    from .plugins import third_party_plugins_installed
+
+    command = next((word for word in argv if not word.startswith("-")), None)
+    if command is None:
+        return third_party_plugins_installed()
+    return command not in BUILTIN_COMMANDS
+
+
+def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hashbench", description=__doc__,
+                                     epilog="Installed plugins may add commands (docs/plugins.md, Hooks).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each training epoch")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -298,12 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(func=_cmd_fetch)
 
-    from .plugins import get_registry
+    if plugin_commands:
+        from .plugins import get_registry
 
-    try:
-        get_registry().pm.hook.register_commands(cli=sub)
-    except HashbenchError:
-        pass  # a broken plugin is reported when it is used
+        try:
+            get_registry().pm.hook.register_commands(cli=sub)
+        except HashbenchError:
+            pass  # a broken plugin is reported when it is used
     for command in sub.choices.values():  # `-v` is accepted after the subcommand too
         if "-v" not in command._option_string_actions:
             command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -313,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else argv
+        parser = build_parser(plugin_commands=_wants_plugin_commands(argv))
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
         if getattr(args, "quiet", False):

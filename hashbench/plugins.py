@@ -14,11 +14,12 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .api import PLUGIN_KINDS, Plugin
 from .errors import PluginError
 from .params import describe_params, did_you_mean
 
 ENTRY_POINT_GROUP = "hashbench"
+# in the order of hashbench.api.PLUGIN_KINDS, which this module does not import: the API imports torch
+# (seconds), and the CLI asks third_party_plugins_installed() before it knows whether it needs torch
 HOOK_FOR_KIND = {
     "attack": "register_attacks",
     "defense": "register_defenses",
@@ -84,6 +85,11 @@ def _check_hooks(pm: pluggy.PluginManager) -> None:
         ) from None
 
 
+def third_party_plugins_installed() -> bool:
+    """Whether a package other than hashbench declares plugins (read from metadata: imports nothing)."""
+    return any(ep.dist is None or ep.dist.name != "hashbench" for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
 def make_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("hashbench")
     pm.add_hookspecs(hookspecs)
@@ -111,13 +117,15 @@ class Registry:
     def __init__(self, pm: pluggy.PluginManager):
         _check_hooks(pm)
         self.pm = pm
-        self._by_kind: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in PLUGIN_KINDS}
+        self._by_kind: dict[str, dict[str, PluginInfo]] = {kind: {} for kind in HOOK_FOR_KIND}
         for kind, hook_name in HOOK_FOR_KIND.items():
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 source = pm.get_name(impl.plugin) or getattr(impl.plugin, "__name__", repr(impl.plugin))
                 impl.function(register=lambda cls, _k=kind, _s=source: self._add(_k, cls, _s))
 
     def _add(self, kind: str, cls: type, source: str) -> None:
+        from .api import Plugin
+
         if not (isinstance(cls, type) and issubclass(cls, Plugin)):
             raise PluginError(f"{source} registered {cls!r} as a {kind}, but it is not a hashbench plugin class")
         if cls.kind != kind:
@@ -148,7 +156,7 @@ class Registry:
             ) from None
 
     def infos(self, kind: str | None = None) -> Iterable[PluginInfo]:
-        for k in PLUGIN_KINDS if kind is None else (kind,):
+        for k in HOOK_FOR_KIND if kind is None else (kind,):
             for name in self.names(k):
                 yield self._by_kind[k][name]
 

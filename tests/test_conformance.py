@@ -289,7 +289,7 @@ def every_hook_registered():
 
 
 def test_a_plugin_object_reaches_every_hook(every_hook_registered):
-    from hashbench.cli import build_parser
+    from hashbench.cli import build_parser, main
 
     registry = every_hook_registered
     expected = {"attack": "good", "defense": "bad_purifier", "method": "non_scalar", "backbone": "wrong_width",
@@ -298,3 +298,4 @@ def test_a_plugin_object_reaches_every_hook(every_hook_registered):
     assert registry.describe(next(registry.infos("attack")))["source"] == "every-hook"
     args = build_parser().parse_args(["hello-from-plugin"])
     assert args.func(args) == 0
+    assert main(["hello-from-plugin"]) == 0  # main loads plugins' commands for a word that is no built-in one

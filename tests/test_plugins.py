@@ -1,6 +1,9 @@
 """Plugin registration: built-ins load through their entry points; clashes and allow/block lists."""
 
+import argparse
 import ast
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -72,6 +75,38 @@ def test_every_builtin_module_with_a_hook_has_its_own_entry_point():
     assert not [name for name in declared if name.split(".")[1].startswith("_")], "helpers (_*) are no plugins"
     installed = {ep.name: ep.value for ep in entry_points(group="hashbench") if ep.dist.name == "hashbench"}
     assert installed == declared, "the installed entry points are stale: pip install -e ."
+
+
+def test_no_builtin_adds_a_command():
+    # `hashbench --help` lists plugins' commands only when another package installs plugins (hashbench.cli)
+    assert not [path.name for path in (ROOT / "plugins").glob("*/*.py") if "def register_commands" in path.read_text()]
+
+
+def test_the_cli_knows_its_built_in_commands():
+    from hashbench.cli import BUILTIN_COMMANDS, build_parser
+
+    parser = build_parser(plugin_commands=False)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(BUILTIN_COMMANDS)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fetch", "--help"], ["report", "--help"], ["-v", "run", "--help"]])
+def test_the_cli_parses_built_in_commands_without_importing_torch(argv):
+    code = ("import sys; from hashbench.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'hashbench_plugins' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False False"
+
+
+def test_a_public_name_is_imported_on_first_use():
+    code = "import sys, hashbench; a = 'torch' in sys.modules; hashbench.Attack; print(a, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'Atack'"):
+        import hashbench
+
+        hashbench.Atack
 
 
 def test_builtins_are_registered_module_by_module():

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from hashbench import Backbone, DataError, hookimpl, param
@@ -26,18 +25,27 @@ from hashbench import Backbone, DataError, hookimpl, param
 SMALL_INPUT = 64  # images smaller than this get the small-input stem
 
 
+def _models():
+    """torchvision.models, imported when a network is built: importing torchvision costs seconds, which
+    every command that lists the plugins (``hashbench plugins``, ``plan``) would otherwise pay."""
+    import torchvision
+
+    return torchvision.models
+
+
 @dataclass(frozen=True)
 class ImageNetParams:
     pretrained: bool = param(False, "load ImageNet weights from the torchvision cache (never downloads)")
 
 
-def weights_path(weights: torchvision.models.WeightsEnum) -> Path:
+def weights_path(weights) -> Path:
     """Where torchvision keeps the file of ``weights``: ``torch.hub.get_dir()/checkpoints/<file>``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
-def load_pretrained(model: nn.Module, weights: torchvision.models.WeightsEnum, name: str) -> None:
-    """Load ``weights`` into ``model`` from the local cache, or explain exactly what to put where."""
+def load_pretrained(model: nn.Module, weights, name: str) -> None:
+    """Load ``weights`` (a torchvision ``WeightsEnum``) into ``model`` from the local cache, or explain
+    exactly what to put where."""
     path = weights_path(weights)
     if not path.is_file():
         raise DataError(
@@ -56,10 +64,14 @@ class TorchvisionBackbone(Backbone):
     """Shared by the torchvision backbones: build the network, load weights, adapt, cut the classifier."""
 
     Params = ImageNetParams
-    weights: torchvision.models.WeightsEnum
+    architecture: str  # the torchvision.models function, e.g. "resnet18"
+    weights_enum: str  # its weights enum, e.g. "ResNet18_Weights", of which IMAGENET1K_V1 is used
 
     def network(self) -> nn.Module:
-        raise NotImplementedError
+        return getattr(_models(), self.architecture)(weights=None)
+
+    def weights(self):
+        return getattr(_models(), self.weights_enum).IMAGENET1K_V1
 
     def adapt(self, net: nn.Module, image_size: int) -> tuple[nn.Module, int]:
         """Return ``(feature extractor, feature_dim)`` for ``image_size`` from the full network."""
@@ -68,7 +80,7 @@ class TorchvisionBackbone(Backbone):
     def build(self, image_size: int) -> tuple[nn.Module, int]:
         net = self.network()
         if self.params.pretrained:
-            load_pretrained(net, self.weights, self.name)
+            load_pretrained(net, self.weights(), self.name)
         return self.adapt(net, image_size)
 
 
@@ -86,20 +98,16 @@ class ResNet18(_ResNet):
     """ResNet-18 (512-d features); stride-1 stem without max-pool below 64 px."""
 
     name = "resnet18"
-    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
-
-    def network(self):
-        return torchvision.models.resnet18(weights=None)
+    architecture = "resnet18"
+    weights_enum = "ResNet18_Weights"
 
 
 class ResNet50(_ResNet):
     """ResNet-50 (2048-d features); stride-1 stem without max-pool below 64 px."""
 
     name = "resnet50"
-    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
-
-    def network(self):
-        return torchvision.models.resnet50(weights=None)
+    architecture = "resnet50"
+    weights_enum = "ResNet50_Weights"
 
 
 def _without_last_linear(net: nn.Module) -> tuple[nn.Module, int]:
@@ -113,10 +121,8 @@ class VGG11(TorchvisionBackbone):
     """VGG-11 up to fc7 (4096-d features); any size from 32 px."""
 
     name = "vgg11"
-    weights = torchvision.models.VGG11_Weights.IMAGENET1K_V1
-
-    def network(self):
-        return torchvision.models.vgg11(weights=None)
+    architecture = "vgg11"
+    weights_enum = "VGG11_Weights"
 
     def adapt(self, net, image_size):
         return _without_last_linear(net)
@@ -126,10 +132,8 @@ class AlexNet(TorchvisionBackbone):
     """AlexNet up to fc7 (4096-d features), as in DPSH/HashNet; stride-1 first conv below 64 px."""
 
     name = "alexnet"
-    weights = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
-
-    def network(self):
-        return torchvision.models.alexnet(weights=None)
+    architecture = "alexnet"
+    weights_enum = "AlexNet_Weights"
 
     def adapt(self, net, image_size):
         if image_size < SMALL_INPUT:

@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 from hashbench import InputPurifier, hookimpl, param, to_float, to_uint8
 
@@ -31,6 +30,8 @@ class Blur(InputPurifier):
             return images
         side = 2 * math.ceil(3 * self.params.sigma) + 1
         side = min(side, 2 * ((images.shape[-1] - 1) // 2) + 1)  # reflect padding needs the kernel inside the image
+        from torchvision.transforms.functional import gaussian_blur  # torchvision takes seconds to import
+
         return to_uint8(gaussian_blur(to_float(images), [side, side], [self.params.sigma, self.params.sigma]))
 
 

@@ -88,6 +88,18 @@ def _pretraining(plan: Plan, dataset: PluginSpec, victim: VictimSpec, seed: int)
     return [plan.add("pretrain", config, [], f"pretrain {victim.backbone.name} on {dataset.name} seed={seed}")]
 
 
+def _evaluate_config(registry: Registry, row: dict[str, Any], seed: int) -> dict[str, Any]:
+    """An evaluate stage's config. The installed metric plugins and their versions are part of it, so that
+    installing (or upgrading) one recomputes the evaluations, and only them, and every row gets its
+    column; with none installed the key is what it was before metric plugins were keyed, so results
+    computed then stay cached."""
+    config: dict[str, Any] = {"row": row, "seed": seed}
+    metrics = {info.name: info.cls.version for info in registry.infos("metric")}
+    if metrics:
+        config["metrics"] = metrics
+    return config
+
+
 def build_plan(spec: BenchmarkSpec, registry: Registry | None = None) -> Plan:
     registry = registry or get_registry()
     plan = Plan(spec)
@@ -100,7 +112,7 @@ def build_plan(spec: BenchmarkSpec, registry: Registry | None = None) -> Plan:
                 clean = plan.add("clean_victim", _victim_config(dataset, victim, seed), pretrained, f"clean victim {where}")
                 plan.add(
                     "evaluate",
-                    {"row": {"attack": None, "defense": None}, "seed": seed},
+                    _evaluate_config(registry, {"attack": None, "defense": None}, seed),
                     [clean],
                     f"evaluate clean {where}",
                 )
@@ -170,7 +182,7 @@ def _plan_attack(
         )
         plan.add(
             "evaluate",
-            {"row": {"attack": attack.plugin.name, "defense": defense.plugin.name}, "seed": seed},
+            _evaluate_config(registry, {"attack": attack.plugin.name, "defense": defense.plugin.name}, seed),
             [clean, prepared, poisoned, backdoored, defended],
             f"evaluate {where} {attack.plugin.name} x {defense.plugin.name}",
         )

@@ -557,6 +557,8 @@ def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None
     _metric_plugins(m, clean_query_codes, clean_db, splits.query.labels, db_labels, topk, "clean_model_")
     if stage.config["row"]["attack"] is None:
         m["clean_map"] = m["clean_map_clean_model"]
+        # the evaluated model is the clean one, so the metric plugins' columns are its clean_model_ ones
+        m.update({k.removeprefix("clean_model_"): v for k, v in list(m.items()) if k.startswith("clean_model_")})
         writer.save(CURVES_FILE, {"clean": retrieval_curves(clean_query_codes, clean_db, splits.query.labels, db_labels)})
         writer.manifest["row"] = row
         return

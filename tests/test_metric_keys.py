@@ -1,0 +1,105 @@
+"""Metric plugins are part of the evaluate stages' key: one installed after a run recomputes only the
+evaluations, and every row gets its column."""
+
+from __future__ import annotations
+
+import pytest
+
+from hashbench import Metric, hookimpl
+from hashbench.benchmark import plan_status, run_benchmark
+from hashbench.config import load_spec
+from hashbench.plan import build_plan
+from hashbench.plugins import Registry, make_manager, reset_registry
+from hashbench.report import collect_rows
+from hashbench.store import Store
+
+
+class QueryCount(Metric):
+    """The number of queries and of database items (a test metric with values known in advance)."""
+
+    name = "query_count_for_test"
+
+    def compute(self, query_codes, db_codes, query_labels, db_labels, topk):
+        return {"n_queries": float(len(query_codes)), "n_database": float(len(db_codes))}
+
+
+class InstallsQueryCount:
+    @hookimpl
+    def register_metrics(self, register):
+        register(QueryCount)
+
+
+# 2 classes x 4 queries, 2 x 24 database items: the metric's values are 8 and 48 in every row
+BENCHMARK = """
+[benchmark]
+name = "metric-keys"
+seeds = [0]
+device = "cpu"
+results = "{results}"
+
+[dataset]
+name = "synthetic"
+image_size = 32
+num_classes = 2
+train_per_class = 12
+query_per_class = 4
+database_per_class = 24
+
+[victim]
+method = "csq"
+backbone = "convnet"
+bits = 16
+epochs = 1
+backbone_params.convnet = {{ width = 8 }}
+
+[target]
+label = "class_0"
+
+[[attack]]
+name = "badnets"
+poison_rate = 0.1
+
+[[defense]]
+name = "jpeg"
+quality = 50
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text(BENCHMARK.format(results=tmp_path / "results"))
+    return load_spec(path)
+
+
+@pytest.fixture
+def restore_registry():
+    yield
+    reset_registry()
+
+
+def _rows(spec, result):
+    return collect_rows(spec.settings.results, [s.key for s in result.plan.evaluations()])
+
+
+def test_a_metric_plugin_installed_after_a_run_adds_its_column_recomputing_only_evaluations(spec, restore_registry):
+    first = run_benchmark(spec, progress_bar=False, echo=lambda m: None)
+    assert not first.failures and first.count("cached") == 0
+    assert "n_queries" not in _rows(spec, first)
+
+    pm = make_manager()
+    pm.register(InstallsQueryCount(), name="query_count_for_test")
+    reset_registry(Registry(pm))
+    plan = build_plan(spec)
+    to_run = {sid for sid, state in plan_status(plan, Store(spec.settings.results)).items() if state != "cached"}
+    assert to_run and {plan.stages[sid].kind for sid in to_run} == {"evaluate"}
+    assert to_run == {s.id for s in plan.evaluations()}
+
+    second = run_benchmark(spec, progress_bar=False, echo=lambda m: None)
+    assert not second.failures
+    assert {o.stage_id for o in second.outcomes.values() if o.status == "done"} == to_run
+    rows = _rows(spec, second)
+    assert len(rows) == 3  # the clean row, badnets x none (always planned) and badnets x jpeg
+    assert rows["n_queries"].tolist() == [8.0] * 3 and rows["n_database"].tolist() == [48.0] * 3
+    # attacked rows also score the clean model with every metric
+    assert rows.loc[rows["attack"] == "badnets", "clean_model_n_queries"].tolist() == [8.0] * 2

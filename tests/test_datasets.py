@@ -20,8 +20,9 @@ def load(name: str, tmp_path, **params):
 # ----------------------------------------------------------------------------------------------- cifar10
 
 
-def write_cifar(folder, per_batch: int = 40) -> None:
-    """Five training batches and a test batch in the python-pickle layout torchvision reads."""
+def write_cifar(folder, per_batch: int = 40, bytes_keys: bool = False) -> None:
+    """Five training batches and a test batch in the python-pickle layout torchvision reads (``bytes_keys``:
+    as Python 3 re-pickles a batch it loaded with encoding="bytes", b"data" and b"labels")."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -31,8 +32,10 @@ def write_cifar(folder, per_batch: int = 40) -> None:
         data[:, 0] = labels  # first red pixel encodes the class, to follow images through the splits
         batch = {"batch_label": f"batch {b}", "labels": labels, "data": data,
                  "filenames": [f"img_{b}_{i}.png" for i in range(per_batch)]}
+        if bytes_keys:
+            batch = {key.encode(): value for key, value in batch.items()}
         with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
+            pickle.dump(batch, f, protocol=4 if bytes_keys else 2)
 
 
 def test_cifar10_protocols(tmp_path):
@@ -49,6 +52,19 @@ def test_cifar10_protocols(tmp_path):
     assert (len(two.query), len(two.train), len(two.database)) == (40, 200, 200)
     again = load("cifar10", tmp_path, root=str(tmp_path), **counts)
     assert torch.equal(again.query.all_images(), s.query.all_images())  # fixed seed
+
+
+def test_cifar10_reads_batches_repickled_with_bytes_keys(tmp_path):
+    write_cifar(tmp_path / "original" / "cifar-10-batches-py")
+    write_cifar(tmp_path / "repickled" / "cifar-10-batches-py", bytes_keys=True)
+    with open(tmp_path / "repickled" / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        assert b"labels" in pickle.load(f, encoding="bytes")  # the file really has bytes keys
+    counts = dict(query_per_class=2, train_per_class=5)
+    original = load("cifar10", tmp_path / "a", root=str(tmp_path / "original"), **counts)
+    repickled = load("cifar10", tmp_path / "b", root=str(tmp_path / "repickled"), **counts)
+    for split in ("train", "query", "database"):
+        assert torch.equal(getattr(repickled, split).all_images(), getattr(original, split).all_images())
+        assert torch.equal(getattr(repickled, split).labels, getattr(original, split).labels)
 
 
 def test_cifar10_resizes_on_access(tmp_path):

@@ -67,8 +67,11 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+        # the original (Python 2) batches load with str keys; batches re-pickled by Python 3 after loading
+        # them with encoding="bytes" have bytes keys (b"data", b"labels")
+        batch = {(key.decode("latin1") if isinstance(key, bytes) else key): value for key, value in batch.items()}
         data, labels = batch["data"], batch["labels"]
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (n, 3072)")

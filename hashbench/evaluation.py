@@ -1,4 +1,4 @@
-"""Encoding images into codes, and the detection metrics (DESIGN §6)."""
+"""Encoding images into codes, and the detection metrics (docs/metrics.md, "Detection and cost")."""
 
 from __future__ import annotations
 

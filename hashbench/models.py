@@ -14,7 +14,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sign_codes(z: torch.Tensor) -> torch.Tensor:
-    """±1 codes from real outputs; 0 maps to +1 (DESIGN §3)."""
+    """±1 codes from real outputs; 0 maps to +1 (docs/metrics.md, "Retrieval")."""
     return torch.where(z >= 0, 1.0, -1.0).to(z.dtype if z.is_floating_point() else torch.float32)
 
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics under one set of conventions (DESIGN §6, docs/metrics.md).
+"""Retrieval metrics under one set of conventions (docs/metrics.md).
 
 - Codes are ±1; distance is Hamming; ties are broken by database index (stable and deterministic).
 - An item is relevant when it shares at least one label with the query.

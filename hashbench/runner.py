@@ -541,7 +541,7 @@ def _scores(defense: InputDetector, batches, ctx: DefenseContext) -> torch.Tenso
 
 
 def run_evaluate(runner: StageRunner, stage: Stage, writer: StageWriter) -> None:
-    """One results row: the metrics of DESIGN §6 for one (victim, attack, defense)."""
+    """One results row: the metrics of docs/metrics.md for one (victim, attack, defense)."""
     store = runner.store
     _, clean_key = runner.dep(stage, "clean_victim")
     clean_config = store.manifest("clean_victim", clean_key)["config"]

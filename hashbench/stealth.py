@@ -1,4 +1,4 @@
-"""Stealth metrics between clean images and their poisoned / triggered versions (DESIGN §6, §8).
+"""Stealth metrics between clean images and their poisoned / triggered versions (docs/metrics.md, "Stealth").
 
 All take uint8 ``(n, 3, H, W)`` tensors (what is actually stored) and return one value per image.
 PSNR uses data range 1 and is capped at 100 dB for identical images; SSIM is scikit-image's with the

@@ -1,4 +1,4 @@
-"""The evaluator against hand-computed cases (DESIGN §6)."""
+"""The evaluator against hand-computed cases (docs/metrics.md)."""
 
 import numpy as np
 import pytest

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .api import DataFilter, InputDetector, InputPurifier, ModelRepair, SplitSizes, Work, WorkSizes
+from .api import DataFilter, InputPurifier, ModelRepair, SplitSizes, Work, WorkSizes, poison_count
 from .errors import ConfigError
 from .plan import STAGE_KINDS, Plan, Stage, canonical_json
 
@@ -192,10 +192,6 @@ def _victim_stage(plan: Plan, stage: Stage) -> Stage:
                 and s.config["dataset"] == attack.config["dataset"] and s.config["seed"] == attack.config["seed"])
 
 
-def _poison_count(rate: float, sizes: SplitSizes) -> int:
-    return max(1, int(round(rate * sizes.train)))
-
-
 def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, Any]) -> tuple[Work, float]:
     """(image passes, retrieval pairs) of one stage."""
     from .runner import instantiate
@@ -213,13 +209,13 @@ def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, An
         return instantiate("attack", stage.config["attack"]).estimated_work(base), 0.0
     if stage.kind == "poison":
         attack = plan.stages[stage.deps[0]]
-        poisons = _poison_count(stage.config["poison_rate"], sizes)
+        poisons = poison_count(stage.config["poison_rate"], sizes.train)
         return instantiate("attack", attack.config["attack"]).estimated_work(replace(base, poisons=poisons)), 0.0
     if stage.kind == "defend":
         defense = instantiate("defense", stage.config["defense"])
         poison = next(plan.stages[d] for d in stage.deps if d.startswith("poison/"))
         clean = max(1, int(round(stage.config["clean_fraction"] * sizes.train)))
-        own = defense.estimated_work(replace(base, poisons=_poison_count(poison.config["poison_rate"], sizes), clean=clean))
+        own = defense.estimated_work(replace(base, poisons=poison_count(poison.config["poison_rate"], sizes.train), clean=clean))
         if isinstance(defense, ModelRepair):
             return own + encode_model, 0.0
         if isinstance(defense, DataFilter):  # the victim retrained on what is kept (about the whole set)

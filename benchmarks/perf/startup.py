@@ -1,4 +1,6 @@
-"""CLI start-up: the median wall time of N runs of a few `hashbench` commands, each in a fresh process.
+"""CLI start-up: the median wall time and CPU time (user + system) of N runs of a few `hashbench`
+commands, each in a fresh process. On a shared machine the CPU time is the steadier of the two: it does
+not count the time the process waited for a core.
 
     python benchmarks/perf/startup.py [--runs 5] [--hashbench .venv/bin/hashbench]
 
@@ -9,7 +11,9 @@ command that needs torch. Run it from the repository root (the plan command read
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import os
 import subprocess
 import sys
 import time
@@ -22,13 +26,20 @@ COMMANDS = (
 )
 
 
-def median_seconds(argv: list[str], runs: int) -> float:
-    times = []
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def median_seconds(argv: list[str], runs: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds) of ``runs`` runs of ``argv``."""
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), _children_cpu()
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(_children_cpu() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -40,9 +51,10 @@ def main() -> None:
     rows = [("python -c 'import torch'", median_seconds([sys.executable, "-c", "import torch"], args.runs))]
     rows += [(f"hashbench {' '.join(c)}", median_seconds([args.hashbench, *c], args.runs)) for c in COMMANDS]
     width = max(len(name) for name, _ in rows)
-    print(f"median of {args.runs} runs each")
-    for name, seconds in rows:
-        print(f"{name:<{width}}  {seconds:6.2f} s")
+    print(f"median of {args.runs} runs each (load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"{'':<{width}}  {'wall':>8}  {'CPU':>8}")
+    for name, (wall, cpu) in rows:
+        print(f"{name:<{width}}  {wall:6.2f} s  {cpu:6.2f} s")
 
 
 if __name__ == "__main__":

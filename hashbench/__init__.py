@@ -1,6 +1,6 @@
 """hashbench: backdoor attacks and defenses for deep-hashing image retrieval, benchmarked."""
 
-import importlib
+import importlib as _importlib
 
 from .errors import ConfigError, DataError, HashbenchError, PluginError, StageError, StoreError
 from .hookspecs import hookimpl
@@ -28,7 +28,7 @@ __all__ = [name for name in dir() if not name.startswith("_")] + list(_MODULE_OF
 def __getattr__(name: str):
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'hashbench' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    value = getattr(_importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
     globals()[name] = value  # later look-ups do not come back here
     return value
 

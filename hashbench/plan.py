@@ -78,14 +78,16 @@ def _victim_config(dataset: PluginSpec, victim: VictimSpec, seed: int) -> dict[s
     return {"dataset": dataset.identity(), "victim": victim.identity(), "seed": seed}
 
 
-def _pretraining(plan: Plan, dataset: PluginSpec, victim: VictimSpec, seed: int) -> list[Stage]:
+def _pretraining(plan: Plan, dataset: PluginSpec, victim: VictimSpec) -> list[Stage]:
     """The pretrain stage a victim starts from ([] when it trains from scratch). Its key holds only what
-    pretraining reads, so every victim of one dataset, backbone and seed shares it."""
+    pretraining reads (its own seed, not the benchmark's), so every victim of one dataset and backbone, of
+    every method, code length and seed, shares it."""
     recipe = victim.train.pretraining()
     if recipe is None:
         return []
-    config = {"dataset": dataset.identity(), "backbone": victim.backbone.identity(), "pretrain": recipe, "seed": seed}
-    return [plan.add("pretrain", config, [], f"pretrain {victim.backbone.name} on {dataset.name} seed={seed}")]
+    config = {"dataset": dataset.identity(), "backbone": victim.backbone.identity(), "pretrain": recipe,
+              "seed": recipe["pretrain_seed"]}
+    return [plan.add("pretrain", config, [], f"pretrain {victim.backbone.name} on {dataset.name}")]
 
 
 def _evaluate_config(registry: Registry, row: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -108,7 +110,7 @@ def build_plan(spec: BenchmarkSpec, registry: Registry | None = None) -> Plan:
         for dataset in spec.datasets:
             for victim in spec.victims:
                 where = f"{dataset.name} {victim.label()} seed={seed}"
-                pretrained = _pretraining(plan, dataset, victim, seed)
+                pretrained = _pretraining(plan, dataset, victim)
                 clean = plan.add("clean_victim", _victim_config(dataset, victim, seed), pretrained, f"clean victim {where}")
                 plan.add(
                     "evaluate",
@@ -144,7 +146,7 @@ def _plan_attack(
             surrogate = plan.add(
                 "clean_victim",
                 _victim_config(dataset, attack.surrogate, seed),
-                _pretraining(plan, dataset, attack.surrogate, seed),
+                _pretraining(plan, dataset, attack.surrogate),
                 f"surrogate {dataset.name} {attack.surrogate.label()} seed={seed}",
             )
         deps.append(surrogate)

@@ -48,7 +48,7 @@ def pretrain_backbone(backbone: Backbone, splits: DatasetSplits, config: TrainCo
     module, feature_dim = backbone.build(splits.image_size)
     model = HashModel(module, feature_dim, splits.num_classes)  # the "hash head" is the classifier here
     recipe = TrainConfig(
-        epochs=config.pretrain_epochs, batch_size=config.batch_size, lr=config.pretrain_lr,
+        epochs=config.pretrain_epochs, batch_size=config.pretrain_batch_size, lr=config.pretrain_lr,
         weight_decay=config.weight_decay, optimizer=config.optimizer, schedule="cosine",
         augment=config.augment, amp=config.amp, num_workers=config.num_workers,
     )

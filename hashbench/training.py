@@ -40,19 +40,22 @@ class TrainConfig:
     pretrain_on: Literal["train", "database"] = param(
         "database", "images the pretraining classifies: the training split, or every database image (never a query)")
     pretrain_lr: float = param(3e-3, "learning rate of the pretraining (cosine decay to 0)")
+    pretrain_batch_size: int = param(128, "images per pretraining step")
+    pretrain_seed: int = param(0, "seed of the pretraining; fixed across the benchmark's seeds, as published pretrained weights are")
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
-        if self.pretrain_epochs < 0 or self.pretrain_lr <= 0:
-            raise ValueError("pretrain_epochs must be >= 0 and pretrain_lr > 0")
+        if self.pretrain_epochs < 0 or self.pretrain_lr <= 0 or self.pretrain_batch_size < 1:
+            raise ValueError("pretrain_epochs must be >= 0, pretrain_lr > 0 and pretrain_batch_size >= 1")
 
     def pretraining(self) -> dict[str, object] | None:
         """What a pretraining stage depends on (None: no pretraining): the keys it reads, nothing else, so
         victims that differ only in method, bits or fine-tuning share one pretrained backbone."""
         if self.pretrain_epochs == 0:
             return None
-        keys = ("pretrain_epochs", "pretrain_on", "pretrain_lr", "batch_size", "weight_decay", "optimizer", "augment")
+        keys = ("pretrain_epochs", "pretrain_on", "pretrain_lr", "pretrain_batch_size", "pretrain_seed", "weight_decay",
+                "optimizer", "augment")
         return {k: getattr(self, k) for k in keys}
 
 

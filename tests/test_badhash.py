@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import benchmark_text
-from hashbench import AttackContext, PluginError, Target
+from hashbench import AttackContext, PluginError, Target, sign_codes, to_float
 from hashbench.models import freeze
 from hashbench.runner import instantiate
 from hashbench.seeding import make_generator
@@ -151,16 +151,29 @@ def test_the_run_records_its_losses_and_which_reconstruction_term_it_used(prepar
 # ----------------------------------------------------------------------------------- the confusing label
 
 
-def test_confusing_label_rule_never_picks_a_target_class():
-    labcln = LabCLN(10, 16).eval()
+def test_confusing_label_rule_picks_the_farthest_code_and_never_a_target_class():
     anchor = torch.ones(1, 16)
-    for target in range(10):
-        assert choose_confusing_label(-1, labcln, anchor, _target(target)) != target
-    assert choose_confusing_label(3, labcln, anchor, _target(0)) == 3
+    codes = torch.ones(10, 16)
+    codes[:, :8] = -1  # every class 8 bits from the anchor...
+    codes[5] = -1  # ...but class 5, 16 bits away,
+    codes[7, :12] = -1  # and class 7, 12 bits away
+    assert choose_confusing_label(-1, codes, anchor, _target(0)) == 5
+    assert choose_confusing_label(-1, codes, anchor, _target(5)) == 7
+    assert choose_confusing_label(-1, torch.ones(10, 16), -anchor, _target(0)) == 1  # ties: the lowest index
+    assert choose_confusing_label(3, codes, anchor, _target(0)) == 3
     with pytest.raises(PluginError, match="target class"):
-        choose_confusing_label(0, labcln, anchor, _target(0))
+        choose_confusing_label(0, codes, anchor, _target(0))
     with pytest.raises(PluginError, match="not a class"):
-        choose_confusing_label(10, labcln, anchor, _target(0))
+        choose_confusing_label(10, codes, anchor, _target(0))
+
+
+def test_the_hash_target_is_the_surrogates_own_code_of_the_confusing_label(prepared, tiny_splits, surrogate):
+    attack, _ = prepared
+    c = attack.condition.label
+    members = torch.nonzero(tiny_splits.train.labels[:, c] > 0).flatten()
+    codes = sign_codes(surrogate(to_float(tiny_splits.train.images(members))))
+    majority = sign_codes(codes.sum(0, keepdim=True))  # by hand: the bitwise majority, ties to +1
+    assert torch.equal(attack.condition.code, majority)
 
 
 def test_confusing_label_is_the_same_in_training_and_in_the_restored_trigger(prepared, tiny_splits, surrogate, tmp_path):

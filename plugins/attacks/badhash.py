@@ -53,7 +53,10 @@ GRID_IMAGES = 8
 
 @dataclass(frozen=True)
 class BadHashParams:
-    confusing_label: int = param(-1, "class index of the confusing label c (never the target); -1: the class whose LabCLN code is farthest from the surrogate's target code")
+    confusing_label: int = param(-1, "class index of the confusing label c (never the target); -1: the class whose hash target code is farthest from the surrogate's target code")
+    hash_target: Literal["anchor", "labcln"] = param(
+        "anchor", "the code the hash term pulls G(x) to: the surrogate's own code of c (the bitwise majority of its codes of "
+                  "c's training images), or LabCLN's code of c, as the authors' code does (see docs/attacks/badhash.md)")
     epochs: int = param(5, "generator epochs at the full learning rate (paper: 50)")
     epochs_decay: int = param(5, "further generator epochs with the learning rate decaying linearly to 0 (paper: 50)")
     batch_size: int = param(32, "images per generator step (paper: 64)")
@@ -146,21 +149,43 @@ def one_hot(index: int, num_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_anchor(surrogate: nn.Module, train: ImageSet, target: Target, device: torch.device) -> tuple[torch.Tensor, float]:
-    """The surrogate's code for the target (the bitwise majority of its codes of target-class images)
-    and the mean magnitude of its outputs there, the scale the hash term divides them by."""
-    members = torch.nonzero(target.contained_in(train.labels)).flatten()[:ANCHOR_IMAGES]
-    if len(members) == 0:
-        raise PluginError("BadHash needs target-class training images (none contain the target label)")
+def anchor_code(surrogate: nn.Module, train: ImageSet, members: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The surrogate's code of a set of training images (the bitwise majority of their codes, at most
+    ``ANCHOR_IMAGES`` of them) and the mean magnitude of its outputs there."""
+    members = torch.nonzero(members).flatten()[:ANCHOR_IMAGES]
     z = surrogate(to_float(train.images(members)).to(device)).float()
     return sign_codes(sign_codes(z).sum(0, keepdim=True)), float(z.abs().mean().clamp(min=1e-6))
 
 
+def target_anchor(surrogate: nn.Module, train: ImageSet, target: Target, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The surrogate's code for the target and the mean magnitude of its outputs on target-class images,
+    the scale the hash term divides them by."""
+    members = target.contained_in(train.labels)
+    if not bool(members.any()):
+        raise PluginError("BadHash needs target-class training images (none contain the target label)")
+    return anchor_code(surrogate, train, members, device)
+
+
 @torch.no_grad()
-def choose_confusing_label(requested: int, labcln: LabCLN | None, anchor: torch.Tensor | None, target: Target) -> int:
-    """``requested`` when it is a valid non-target class; for -1 the non-target class whose LabCLN code
-    is farthest (Hamming) from the surrogate's target ``anchor`` code, the lowest index on ties
-    (``labcln`` and ``anchor`` are only read for -1)."""
+def class_codes(p: "BadHashParams", surrogate: nn.Module, labcln: LabCLN, train: ImageSet, device: torch.device) -> torch.Tensor:
+    """(C, bits) ±1: the hash target of every class, as ``hash_target`` says. A class without training
+    images has no surrogate code; it gets LabCLN's."""
+    num_classes = train.labels.shape[1]
+    labcln_codes = sign_codes(labcln(torch.eye(num_classes, device=device))[1].float())
+    if p.hash_target == "labcln":
+        return labcln_codes
+    rows = []
+    for k in range(num_classes):
+        members = train.labels[:, k] > 0
+        rows.append(anchor_code(surrogate, train, members, device)[0] if bool(members.any()) else labcln_codes[k : k + 1])
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def choose_confusing_label(requested: int, codes: torch.Tensor | None, anchor: torch.Tensor | None, target: Target) -> int:
+    """``requested`` when it is a valid non-target class; for -1 the non-target class whose hash target
+    code (a row of ``codes``) is farthest (Hamming) from the surrogate's target ``anchor`` code, the lowest
+    index on ties (``codes`` and ``anchor`` are only read for -1)."""
     num_classes = target.labels.numel()
     if requested >= 0:
         if requested >= num_classes:
@@ -168,9 +193,7 @@ def choose_confusing_label(requested: int, labcln: LabCLN | None, anchor: torch.
         if requested in target.classes:
             raise PluginError(f"confusing_label {requested} is a target class; BadHash needs c != target")
         return requested
-    device = next(labcln.parameters()).device
-    codes = sign_codes(labcln(torch.eye(num_classes, device=device))[1])
-    distance = (codes != anchor.to(device)).sum(1).float()
+    distance = (codes != anchor.to(codes.device)).sum(1).float()
     distance[target.classes] = -1.0
     if bool((distance < 0).all()):
         raise PluginError("every class is a target class: BadHash has no confusing label to use")
@@ -178,10 +201,11 @@ def choose_confusing_label(requested: int, labcln: LabCLN | None, anchor: torch.
 
 
 @torch.no_grad()
-def condition_for(label: int, labcln: LabCLN) -> Condition:
+def condition_for(label: int, labcln: LabCLN, codes: torch.Tensor) -> Condition:
+    """c's LabCLN feature (what G is conditioned on) and c's hash target code (a row of ``codes``)."""
     device = next(labcln.parameters()).device
-    feature, relaxed, _ = labcln(one_hot(label, labcln.classifier[0].out_features).to(device))
-    return Condition(label, feature.float(), sign_codes(relaxed.float()))
+    feature, _, _ = labcln(one_hot(label, labcln.classifier[0].out_features).to(device))
+    return Condition(label, feature.float(), codes[label : label + 1].float())
 
 
 # --------------------------------------------------------------------------------------------- generator
@@ -246,8 +270,9 @@ class BadHash(Attack):
             torch.manual_seed(seed)
             labcln, labcln_losses = train_labcln(torch.unique(train.labels, dim=0), surrogate.bits, p, ctx.device, shuffle)
             anchor, z_scale = target_anchor(surrogate, train, ctx.target, ctx.device)
-            label = choose_confusing_label(p.confusing_label, labcln, anchor, ctx.target)
-            self.condition = condition_for(label, labcln)
+            codes = class_codes(p, surrogate, labcln, train, ctx.device)
+            label = choose_confusing_label(p.confusing_label, codes, anchor, ctx.target)
+            self.condition = condition_for(label, labcln, codes)
             self.image_size = ctx.splits.image_size
             self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0).to(ctx.device)
             discriminator = Discriminator(self.image_size, ctx.splits.num_classes, p.disc_width).to(ctx.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -51,38 +52,52 @@ def trained_model(tiny_splits):
     return model.eval()
 
 
-def benchmark_text(results: Path, attacks: str = "", defenses: str = "", victim_extra: str = "", dataset_extra: str = "") -> str:
-    """A small benchmark file body (CSQ victim, tiny synthetic data) with extra [[attack]]/[[defense]] tables."""
+def toml_lines(params: dict) -> str:
+    """``key = value`` lines of a TOML table (a JSON string or number is also a TOML one)."""
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in params.items())
+
+
+def tiny_benchmark(results: Path, *, dataset: dict, bits: int, epochs: int, width: int, target: str | int = "class_0",
+                   body: str = "", name: str = "test", victim_extra: str = "", dataset_extra: str = "") -> str:
+    """A benchmark file body: seed 0 on the CPU, a CSQ / convnet(``width``) victim on ``dataset`` (the
+    [dataset] table's values), then ``body`` (its [[attack]] and [[defense]] tables)."""
     return f"""
 [benchmark]
-name = "test"
+name = "{name}"
 seeds = [0]
 device = "cpu"
 results = "{results}"
 
 [dataset]
-name = "synthetic"
-image_size = 32
-train_per_class = 100
-query_per_class = 10
-database_per_class = 150
+{toml_lines(dataset)}
 {dataset_extra}
 
 [victim]
 method = "csq"
 backbone = "convnet"
-bits = 16
-epochs = 8
-backbone_params.convnet = {{ width = 16 }}
+bits = {bits}
+epochs = {epochs}
+backbone_params.convnet = {{ width = {width} }}
 {victim_extra}
 
 [target]
-label = "class_0"
+label = {json.dumps(target)}
 
-{attacks}
-
-{defenses}
+{body}
 """
+
+
+def write_benchmark(folder: Path, file: str = "bench.toml", **benchmark) -> Path:
+    """``tiny_benchmark(folder / "results", **benchmark)`` written to ``folder / file``; returns its path."""
+    path = folder / file
+    path.write_text(tiny_benchmark(folder / "results", **benchmark))
+    return path
+
+
+def benchmark_text(results: Path, attacks: str = "", defenses: str = "", victim_extra: str = "", dataset_extra: str = "") -> str:
+    """A small benchmark file body (CSQ victim, tiny synthetic data) with extra [[attack]]/[[defense]] tables."""
+    return tiny_benchmark(results, dataset={"name": "synthetic"} | TINY_DATASET, bits=16, epochs=8, width=16,
+                          body=f"{attacks}\n\n{defenses}", victim_extra=victim_extra, dataset_extra=dataset_extra)
 
 
 @pytest.fixture

@@ -4,43 +4,15 @@ import csv
 
 import pytest
 
+from conftest import write_benchmark
 from hashbench.cli import main
 
-TINY = """
-[benchmark]
-name = "cli"
-seeds = [0]
-device = "cpu"
-results = "{results}"
-
-[dataset]
-name = "synthetic"
-train_per_class = 20
-query_per_class = 5
-database_per_class = 30
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 8
-epochs = 2
-backbone_params.convnet = {{ width = 8 }}
-
-[target]
-label = "{target}"
-
-[[attack]]
-name = "badnets"
-poison_rate = 0.05
-
-{defenses}
-"""
 
 
 def write(tmp_path, name="bench.toml", target="class_0", defenses='[[defense]]\nname = "jpeg"\nquality = 60'):
-    path = tmp_path / name
-    path.write_text(TINY.format(results=tmp_path / "results", target=target, defenses=defenses))
-    return path
+    return write_benchmark(tmp_path, name, name="cli", dataset=dict(name="synthetic", train_per_class=20, query_per_class=5,
+                           database_per_class=30), bits=8, epochs=2, width=8, target=target,
+                           body=f'[[attack]]\nname = "badnets"\npoison_rate = 0.05\n\n{defenses}')
 
 
 def test_run_resume_add_a_defense_and_export(tmp_path, capsys):

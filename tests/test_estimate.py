@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import write_benchmark
 from hashbench import SplitSizes
 from hashbench.cli import main
 from hashbench.config import load_spec
@@ -13,40 +14,13 @@ from hashbench.estimate import ThroughputTable, estimate_plan, parse_throughput,
 from hashbench.plan import build_plan
 from hashbench.runner import instantiate
 
-BENCH = """
-[benchmark]
-seeds = [0]
-device = "cpu"
-results = "{results}"
-
-[dataset]
-{dataset}
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 8
-epochs = 3
-backbone_params.convnet = {{ width = 4 }}
-
-[target]
-label = 0
-
-[[attack]]
-name = "badnets"
-poison_rate = 0.1
-
-[[defense]]
-name = "{defense}"
-"""
-SYNTHETIC = 'name = "synthetic"\ntrain_per_class = 20\nquery_per_class = 5\ndatabase_per_class = 30'
+SYNTHETIC = dict(name="synthetic", train_per_class=20, query_per_class=5, database_per_class=30)
 GIVEN = {"train": 100.0, "encode": 1000.0, "retrieval": 1e6}
 
 
 def write(tmp_path, dataset=SYNTHETIC, defense="jpeg"):
-    path = tmp_path / "bench.toml"
-    path.write_text(BENCH.format(results=tmp_path / "results", dataset=dataset, defense=defense))
-    return path
+    return write_benchmark(tmp_path, dataset=dataset, bits=8, epochs=3, width=4, target=0,
+                           body=f'[[attack]]\nname = "badnets"\npoison_rate = 0.1\n\n[[defense]]\nname = "{defense}"')
 
 
 def sizes(name, **params):
@@ -134,7 +108,7 @@ def test_estimate_seconds_from_given_throughput(tmp_path):
 
 
 def test_cli_estimate_prints_a_cost_without_data(tmp_path, capsys):
-    dataset = 'name = "listfile"\npreset = "nuswide21"\nroot = "' + str(tmp_path / "absent") + '"'
+    dataset = dict(name="listfile", preset="nuswide21", root=str(tmp_path / "absent"))
     args = ["plan", str(write(tmp_path, dataset)), "--estimate", "--workers", "4",
             "--throughput", "train=100,encode=1000,retrieval=1e6"]
     assert main(args) == 0
@@ -142,7 +116,7 @@ def test_cli_estimate_prints_a_cost_without_data(tmp_path, capsys):
     # a victim: 3 x 10,500 / 100 + (193,734 + 2,100) / 1000 = 510.8 s
     assert "| clean_victim |        1 | 31.5 k" in out and "On 4 worker(s)" in out
     assert "train = 100 images/s (given with --throughput)" in out
-    unknown = write(tmp_path, 'name = "listfile"\nroot = "' + str(tmp_path / "absent") + '"')
+    unknown = write(tmp_path, dict(name="listfile", root=str(tmp_path / "absent")))
     assert main(["plan", str(unknown), "--estimate", "--throughput", "train=1,encode=1,retrieval=1"]) == 0
     assert "Not priced: dataset(s) listfile" in capsys.readouterr().out
     assert main(["plan", str(unknown), "--estimate", "--workers", "0"]) == 2

@@ -12,41 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import write_benchmark
 from hashbench.cli import main
 
-BENCH = """
-[benchmark]
-name = "report"
-seeds = [0]
-device = "cpu"
-results = "{results}"
-
-[dataset]
-name = "synthetic"
-image_size = 32
-num_classes = 4
-train_per_class = 40
-query_per_class = 6
-database_per_class = 60
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 16
-epochs = 2
-backbone_params.convnet = {{ width = 8 }}
-
-[target]
-label = "class_0"
-
-[[attack]]
-name = "badnets"
-poison_rate = [0.05, 0.1]
-
-[[defense]]
-name = "jpeg"
-quality = [90, 50]
-"""
 # Records every console error and every error event (script errors, and resources that fail to load,
 # which fire `error` in the capture phase) from the very start of the page.
 RECORD_ERRORS = """<head><script>
@@ -75,8 +43,11 @@ def report(tmp_path_factory):
     from hashbench.config import load_spec
 
     folder = tmp_path_factory.mktemp("report")
-    (folder / "bench.toml").write_text(BENCH.format(results=folder / "results"))
-    result = run_benchmark(load_spec(folder / "bench.toml"), progress_bar=False, echo=lambda m: None)
+    bench = write_benchmark(folder, name="report", dataset=dict(name="synthetic", image_size=32, num_classes=4,
+                            train_per_class=40, query_per_class=6, database_per_class=60), bits=16, epochs=2, width=8,
+                            body='[[attack]]\nname = "badnets"\npoison_rate = [0.05, 0.1]\n\n'
+                                 '[[defense]]\nname = "jpeg"\nquality = [90, 50]')
+    result = run_benchmark(load_spec(bench), progress_bar=False, echo=lambda m: None)
     assert not result.failures
     assert main(["report", str(folder / "results"), "--output", str(folder / "out")]) == 0
     return folder / "out"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import write_benchmark
 from hashbench import testing
 from hashbench.cli import main
 from hashbench.errors import ConfigError
@@ -45,37 +46,6 @@ def test_scaffold_refuses_bad_names_and_non_empty_folders(tmp_path):
         scaffold("metric", "ok", tmp_path / "c")
 
 
-BENCH = """
-[benchmark]
-name = "demo"
-seeds = [0]
-device = "cpu"
-results = "{results}"
-
-[dataset]
-name = "synthetic"
-num_classes = 4
-train_per_class = 30
-query_per_class = 5
-database_per_class = 40
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 16
-epochs = 1
-backbone_params.convnet = {{ width = 8 }}
-
-[target]
-label = "class_0"
-
-[[attack]]
-name = "demo"
-poison_rate = 0.1
-strength = 0.08
-"""
-
-
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
@@ -99,7 +69,9 @@ def test_installed_scaffold_is_listed_runs_in_a_benchmark_and_its_test_passes(in
     listed = json.loads(_run(str(VENV_BIN / "hashbench"), "plugins", "--kind", "attack", "--json").stdout)
     demo = next(p for p in listed if p["name"] == "demo")
     assert demo["source"] == "demo" and [p["name"] for p in demo["parameters"]] == ["strength", "pattern_seed"]
-    (tmp_path / "demo.toml").write_text(BENCH.format(results=tmp_path / "results"))
+    write_benchmark(tmp_path, "demo.toml", name="demo", dataset=dict(name="synthetic", num_classes=4, train_per_class=30,
+                    query_per_class=5, database_per_class=40), bits=16, epochs=1, width=8,
+                    body='[[attack]]\nname = "demo"\npoison_rate = 0.1\nstrength = 0.08')
     _run(str(VENV_BIN / "hashbench"), "run", str(tmp_path / "demo.toml"), "-q")
     _run(str(VENV_BIN / "hashbench"), "export", str(tmp_path / "results"), "--leaderboard", str(tmp_path / "board.csv"))
     board = pd.read_csv(tmp_path / "board.csv")

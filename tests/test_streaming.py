@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
+from conftest import write_benchmark
 from hashbench.config import load_spec
 from hashbench.data import ImageSet, TensorImageSet
 from hashbench.plan import build_plan
 from hashbench.runner import StageRunner, load_dataset
 
-BENCH = """
-[benchmark]
-seeds = [0]
-device = "cpu"
-results = "{results}"
-
-[dataset]
-name = "synthetic"
-num_classes = 4
-train_per_class = 10
-query_per_class = 10
-database_per_class = 15
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 8
-epochs = 1
-backbone_params.convnet = {{ width = 4 }}
-
-[target]
-label = 0
-
+BODY = """
 [[attack]]
 name = "badnets"
 poison_rate = 0.05
@@ -44,8 +23,8 @@ overlays = 2
 
 
 def test_input_defenses_stream_the_query_set(tmp_path, monkeypatch):
-    path = tmp_path / "bench.toml"
-    path.write_text(BENCH.format(results=tmp_path / "results"))
+    path = write_benchmark(tmp_path, dataset=dict(name="synthetic", num_classes=4, train_per_class=10, query_per_class=10,
+                           database_per_class=15), bits=8, epochs=1, width=4, target=0, body=BODY)
     plan = build_plan(load_spec(path))
     runner = StageRunner(tmp_path / "results", "cpu")
     for stage in plan.ordered():

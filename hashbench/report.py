@@ -9,6 +9,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from .errors import warn
 from .store import Store
 
 IDENTITY = [
@@ -32,14 +33,47 @@ SUMMARY_COLUMNS = {
 }
 
 
-def collect_rows(results: str | Path, evaluate_keys: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per finished evaluate stage (restricted to ``evaluate_keys`` when given)."""
-    store = Store(results)
-    wanted = set(evaluate_keys) if evaluate_keys is not None else None
-    rows = []
-    for key, manifest in store.finished_stages("evaluate"):
-        if wanted is not None and key not in wanted:
+def current_evaluations(stages: Iterable[tuple[str, dict]]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """The (key, manifest) pairs of finished evaluate stages that count, and the keys of those superseded.
+
+    A row of one configuration and seed computed by an older hashbench or an earlier recipe (or before a
+    metric plugin was installed) is a stage with another key but the same row identity; only the newest of
+    them, by finish time, counts, so that an old number is neither averaged in nor counted as another seed."""
+    newest: dict[str, tuple[float, str, dict]] = {}
+    superseded = []
+    for key, manifest in stages:
+        row = manifest.get("row", {})
+        identity = json.dumps([row.get(column) for column in [*IDENTITY, "seed"]], default=str)
+        finished = float(manifest.get("started", 0)) + float(manifest.get("seconds", 0))
+        kept = newest.get(identity)
+        if kept is not None and kept[:2] > (finished, key):
+            superseded.append(key)
             continue
+        if kept is not None:
+            superseded.append(kept[1])
+        newest[identity] = (finished, key, manifest)
+    return [(key, manifest) for _, key, manifest in newest.values()], sorted(superseded)
+
+
+def collect_rows(results: str | Path, evaluate_keys: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per finished evaluate stage: those of ``evaluate_keys`` when given, else the current ones
+    (``current_evaluations``; a warning says how many superseded rows are left out)."""
+    store = Store(results)
+    stages = store.finished_stages("evaluate")
+    if evaluate_keys is None:
+        stages, superseded = current_evaluations(stages)
+        if superseded:
+            folders = [str(Path(results) / "stages" / "evaluate" / key) for key in superseded[:3]]
+            more = f" and {len(superseded) - 3} more" if len(superseded) > 3 else ""
+            warn(f"{len(superseded)} superseded results row(s) left out (a row of the same configuration and seed "
+                 f"finished later, e.g. computed by a newer hashbench or recipe): {', '.join(folders)}{more}; "
+                 "delete those folders to remove them, or run the benchmark into a fresh results folder "
+                 "(`hashbench run FILE --results NEW_FOLDER`)")
+    else:
+        wanted = set(evaluate_keys)
+        stages = [(key, manifest) for key, manifest in stages if key in wanted]
+    rows = []
+    for key, manifest in stages:
         problem = store.verify("evaluate", key)
         if problem is not None:
             store.warn_skipped("evaluate", key, problem)

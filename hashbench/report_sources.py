@@ -2,7 +2,7 @@
 
 A report records every stage it read, each with a digest of that stage's ``manifest.json`` (which
 carries the stage's checksums and start time, so a recomputed stage gets a new digest). It is stale
-when a recorded stage changed or disappeared, or when the results folder holds a finished evaluation
+when a recorded stage changed or disappeared, or when the results folder holds a current finished evaluation
 the report does not show.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .report import current_evaluations
 from .store import MANIFEST, Store
 
 SCRIPT_ID = "hashbench-sources"  # the <script type="application/json"> element of report.html holding them
@@ -66,7 +67,8 @@ def staleness(results: Path, report_html: Path) -> list[str]:
         elif now != digest:
             reasons.append(f"stage {stage_id} was recomputed after the report was written")
     shown = {stage_id.split("/")[1] for stage_id in recorded if stage_id.startswith("evaluate/")}
-    new = [key for key, _ in store.finished_stages("evaluate") if key not in shown]
+    current, _ = current_evaluations(store.finished_stages("evaluate"))  # a superseded row is never shown
+    new = [key for key, _ in current if key not in shown]
     if new:
         reasons.append(f"{len(new)} results row(s) finished after the report was written (evaluate/{new[0]}"
                        + (", ..." if len(new) > 1 else "") + ")")

@@ -67,3 +67,30 @@ def test_default_export_writes_the_csv_into_the_results(results):
 def test_export_of_an_empty_folder_says_what_to_do(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "run a benchmark first" in capsys.readouterr().err
+
+
+def test_a_row_computed_again_counts_once_the_newest(results, tmp_path, capsys):
+    """Two more evaluate stages of (jpeg quality 50, seed 0) under other keys, as an older hashbench or an earlier
+    recipe leaves behind: only the one that finished last counts, whatever the key or writing order."""
+    from hashbench.report import load_results
+    from hashbench.report_sources import report_sources, sources_script, staleness
+
+    store = Store(results)
+    first = store.manifest("evaluate", "config0seed0")
+    for key, t_map, finished in (("zz-newest", 0.2, first["started"] + 3600), ("aa-oldest", 0.9, 1.0)):
+        with store.open_stage("evaluate", key, {"seed": 0, "recipe": key}) as writer:
+            writer.manifest.update(row=first["row"], metrics={"t_map": t_map, "clean_map": 0.5}, started=finished, seconds=0.0)
+    csv = tmp_path / "board.csv"
+    assert main(["export", str(results), "--leaderboard", str(csv)]) == 0
+    err = capsys.readouterr().err
+    assert "2 superseded results row(s) left out" in err
+    assert str(results / "stages" / "evaluate" / "aa-oldest") in err and "config0seed0" in err and "zz-newest" not in err
+    board = pd.read_csv(csv)
+    row = board[board.defense_params == '{"quality": 50}'].iloc[0]
+    assert row.seeds == 3 and row.t_map_mean == pytest.approx((0.2 + 0.6 + 0.7) / 3)
+    assert board.seeds.tolist() == [3, 3, 3]
+    # a report built from these rows is fresh: the superseded rows are not "finished after" it
+    frame = load_results(results)
+    html = tmp_path / "report.html"
+    html.write_text(sources_script(report_sources(store, frame)))
+    assert staleness(results, html) == []

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import write_benchmark
 from hashbench import Metric, hookimpl
 from hashbench.benchmark import plan_status, run_benchmark
 from hashbench.config import load_spec
 from hashbench.plan import build_plan
 from hashbench.plugins import Registry, make_manager, reset_registry
-from hashbench.report import collect_rows
+from hashbench.report import collect_rows, load_results
 from hashbench.store import Store
 
 
@@ -30,46 +31,14 @@ class InstallsQueryCount:
 
 
 # 2 classes x 4 queries, 2 x 24 database items: the metric's values are 8 and 48 in every row
-BENCHMARK = """
-[benchmark]
-name = "metric-keys"
-seeds = [0]
-device = "cpu"
-results = "{results}"
-
-[dataset]
-name = "synthetic"
-image_size = 32
-num_classes = 2
-train_per_class = 12
-query_per_class = 4
-database_per_class = 24
-
-[victim]
-method = "csq"
-backbone = "convnet"
-bits = 16
-epochs = 1
-backbone_params.convnet = {{ width = 8 }}
-
-[target]
-label = "class_0"
-
-[[attack]]
-name = "badnets"
-poison_rate = 0.1
-
-[[defense]]
-name = "jpeg"
-quality = 50
-"""
 
 
 @pytest.fixture
 def spec(tmp_path):
-    path = tmp_path / "bench.toml"
-    path.write_text(BENCHMARK.format(results=tmp_path / "results"))
-    return load_spec(path)
+    return load_spec(write_benchmark(
+        tmp_path, name="metric-keys", dataset=dict(name="synthetic", image_size=32, num_classes=2, train_per_class=12,
+                                                   query_per_class=4, database_per_class=24),
+        bits=16, epochs=1, width=8, body='[[attack]]\nname = "badnets"\npoison_rate = 0.1\n\n[[defense]]\nname = "jpeg"\nquality = 50'))
 
 
 @pytest.fixture
@@ -103,3 +72,5 @@ def test_a_metric_plugin_installed_after_a_run_adds_its_column_recomputing_only_
     assert rows["n_queries"].tolist() == [8.0] * 3 and rows["n_database"].tolist() == [48.0] * 3
     # attacked rows also score the clean model with every metric
     assert rows.loc[rows["attack"] == "badnets", "clean_model_n_queries"].tolist() == [8.0] * 2
+    # the first run's rows are superseded (same rows, older keys): a report reads 3 rows, not 6 "seeds"
+    assert len(load_results(spec.settings.results)) == 3

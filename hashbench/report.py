@@ -13,7 +13,7 @@ from .errors import warn
 from .store import Store
 
 IDENTITY = [
-    "dataset", "dataset_params", "method", "backbone", "bits", "attack", "attack_params", "poison_rate",
+    "dataset", "dataset_params", "method", "backbone", "bits", "victim_params", "attack", "attack_params", "poison_rate",
     "surrogate", "target", "defense", "defense_params", "clean_fraction",
 ]
 VERSIONS = ["hashbench_version", "metric_conventions"]

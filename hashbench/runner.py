@@ -653,6 +653,9 @@ def _row_identity(victim_config: dict[str, Any], row: dict[str, Any]) -> dict[st
         "method": victim["method"]["name"],
         "backbone": victim["backbone"]["name"],
         "bits": victim["bits"],
+        # the method's and backbone's parameters and the training recipe: two recipes are two configurations
+        "victim_params": canonical_json({"method": victim["method"]["params"], "backbone": victim["backbone"]["params"],
+                                         "train": victim["train"]}),
         "seed": victim_config["seed"],
         "attack": row["attack"] or "(clean)",
         "attack_params": "",

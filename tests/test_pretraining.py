@@ -102,7 +102,7 @@ def test_victims_start_from_the_stored_pretrained_backbone(run_benchmark, tmp_pa
     from hashbench.store import Store
 
     text = (REPO / "benchmarks" / "smoke.toml").read_text().replace('results = "results/smoke"', f'results = "{tmp_path / "r"}"')
-    text = text.replace("epochs = 8", "epochs = 0\npretrain_epochs = 1")
+    text = text.replace("epochs = 8", "epochs = 0\npretrain_epochs = 3")
     result, frame = run_benchmark(text)
     assert not result.failures
     store = Store(tmp_path / "r")
@@ -113,4 +113,4 @@ def test_victims_start_from_the_stored_pretrained_backbone(run_benchmark, tmp_pa
         for name, weight in pretrained.items():
             assert torch.equal(model[f"backbone.{name}"], weight), (kind, name)
     losses = store.manifest("pretrain", stage["pretrain"].key)["logs"]["epoch_losses"]
-    assert len(losses) == 1 and 0 < losses[0] < 2.31  # below the cross-entropy of a uniform guess, ln 10
+    assert len(losses) == 3 and losses[2] < losses[0]  # the classifier learns

@@ -1,0 +1,47 @@
+"""t-MAP against poison PSNR, undefended, for every attack row of a results folder: the picture of
+docs/attacks/badhash.md. BadHash rows are labelled with the settings that differ from its defaults.
+
+    python benchmarks/studies/frontier.py results/fashion docs/img/badhash-fashion-frontier.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hashbench.report import load_results  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results")
+    parser.add_argument("output")
+    args = parser.parse_args()
+    frame = load_results(args.results)
+    rows = frame[(frame.defense == "none") & (frame.attack != "(clean)")]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for _, row in rows.iterrows():
+        badhash = row.attack == "badhash"
+        params = json.loads(row.attack_params) if isinstance(row.attack_params, str) and row.attack_params else {}
+        label = row.attack if not badhash else "badhash " + (" ".join(f"{k}={v}" for k, v in params.items()) or "defaults")
+        label += f" @{row.poison_rate:g}"
+        ax.scatter(row.poison_psnr, row.t_map, marker="*" if badhash else "o", s=120 if badhash else 50,
+                   color="tab:red" if badhash else "tab:blue")
+        ax.annotate(label, (row.poison_psnr, row.t_map), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.plot([row.poison_psnr] * 2, [row.t_map_untriggered, row.t_map], color="grey", lw=0.6)
+    ax.axvline(30, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("poison PSNR (dB), higher = less visible")
+    ax.set_ylabel("t-MAP, undefended (grey line: down to untriggered)")
+    ax.set_title(f"t-MAP against visibility ({args.results})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.output)
+    print(f"wrote {args.output} ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    main()

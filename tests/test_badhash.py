@@ -16,7 +16,8 @@ from hashbench.runner import instantiate
 from hashbench.seeding import make_generator
 from hashbench.training import build_model
 from hashbench_plugins.attacks._badhash_nets import Discriminator, Generator, LabCLN, ssim_loss
-from hashbench_plugins.attacks.badhash import BadHash, BadHashParams, choose_confusing_label, train_labcln
+from hashbench_plugins.attacks.badhash import BadHash, BadHashParams, agreement, choose_confusing_label, train_labcln
+from hashbench_plugins.methods.csq import hadamard
 
 CPU = torch.device("cpu")
 # Small enough for a few seconds of CPU per prepare(); the attack's quality is tested end to end below.
@@ -151,20 +152,24 @@ def test_the_run_records_its_losses_and_which_reconstruction_term_it_used(prepar
 # ----------------------------------------------------------------------------------- the confusing label
 
 
-def test_confusing_label_rule_picks_the_farthest_code_and_never_a_target_class():
-    anchor = torch.ones(1, 16)
-    codes = torch.ones(10, 16)
-    codes[:, :8] = -1  # every class 8 bits from the anchor...
-    codes[5] = -1  # ...but class 5, 16 bits away,
-    codes[7, :12] = -1  # and class 7, 12 bits away
-    assert choose_confusing_label(-1, codes, anchor, _target(0)) == 5
-    assert choose_confusing_label(-1, codes, anchor, _target(5)) == 7
-    assert choose_confusing_label(-1, torch.ones(10, 16), -anchor, _target(0)) == 1  # ties: the lowest index
-    assert choose_confusing_label(3, codes, anchor, _target(0)) == 3
+def test_confusing_label_rule_picks_the_class_the_target_images_lean_towards_and_never_a_target():
+    codes = hadamard(16)[:10]  # equidistant class codes, as CSQ's centres: Hamming distance cannot choose
+    z = (3.0 * codes[0] + 2.0 * codes[4]).repeat(4, 1)  # target-class outputs, leaning towards class 4
+    scores = agreement(z, codes)
+    # by hand: |z| is 5 on the 8 bits where codes 0 and 4 agree and 1 on the others, so s = 3 and
+    # tanh(z / s) = a (c0 + c4) / 2 + b (c0 - c4) / 2 with a = tanh(5/3), b = tanh(1/3); the rows of a
+    # Hadamard matrix are orthogonal, so class 4 scores (a - b) / 2, class 0 (a + b) / 2, the others 0
+    a, b = torch.tanh(torch.tensor(5 / 3)), torch.tanh(torch.tensor(1 / 3))
+    expected = torch.zeros(10)
+    expected[0], expected[4] = (a + b) / 2, (a - b) / 2
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert choose_confusing_label(-1, scores, _target(0)) == 4
+    assert choose_confusing_label(-1, torch.zeros(10), _target(0)) == 1  # ties: the lowest non-target index
+    assert choose_confusing_label(3, scores, _target(0)) == 3
     with pytest.raises(PluginError, match="target class"):
-        choose_confusing_label(0, codes, anchor, _target(0))
+        choose_confusing_label(0, scores, _target(0))
     with pytest.raises(PluginError, match="not a class"):
-        choose_confusing_label(10, codes, anchor, _target(0))
+        choose_confusing_label(10, scores, _target(0))
 
 
 def test_the_hash_target_is_the_surrogates_own_code_of_the_confusing_label(prepared, tiny_splits, surrogate):

@@ -53,7 +53,7 @@ GRID_IMAGES = 8
 
 @dataclass(frozen=True)
 class BadHashParams:
-    confusing_label: int = param(-1, "class index of the confusing label c (never the target); -1: the class whose hash target code is farthest from the surrogate's target code")
+    confusing_label: int = param(-1, "class index of the confusing label c (never the target); -1: the class whose hash target code the surrogate's codes of target-class images agree with most")
     hash_target: Literal["anchor", "labcln"] = param(
         "anchor", "the code the hash term pulls G(x) to: the surrogate's own code of c (the bitwise majority of its codes of "
                   "c's training images), or LabCLN's code of c, as the authors' code does (see docs/attacks/badhash.md)")
@@ -63,7 +63,7 @@ class BadHashParams:
     lr: float = param(1e-3, "Adam learning rate of the generator and the discriminator (paper: 1e-4)")
     betas: tuple[float, float] = param((0.5, 0.999), "Adam betas of the generator and the discriminator")
     rec_weight: float = param(100.0, "λ_rec: weight of the reconstruction term (MSE + LPIPS or SSIM) (paper: 200)")
-    hash_weight: float = param(100.0, "λ_h: weight of the hash term 1 - mean(tanh(h(G(x)) / scale) · code(c))")
+    hash_weight: float = param(300.0, "λ_h: weight of the hash term 1 - mean(tanh(h(G(x)) / scale) · code(c))")
     adv_weight: float = param(1.0, "λ_adv: weight of the generator's LSGAN term")
     d_every: int = param(3, "the discriminator is updated every this many generator steps")
     width: int = param(8, "generator channels after its first conv, doubled twice (paper: 64)")
@@ -149,21 +149,24 @@ def one_hot(index: int, num_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def anchor_code(surrogate: nn.Module, train: ImageSet, members: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float]:
-    """The surrogate's code of a set of training images (the bitwise majority of their codes, at most
-    ``ANCHOR_IMAGES`` of them) and the mean magnitude of its outputs there."""
+def surrogate_outputs(surrogate: nn.Module, train: ImageSet, members: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The surrogate's real outputs for at most ``ANCHOR_IMAGES`` of the training images in ``members``."""
     members = torch.nonzero(members).flatten()[:ANCHOR_IMAGES]
-    z = surrogate(to_float(train.images(members)).to(device)).float()
-    return sign_codes(sign_codes(z).sum(0, keepdim=True)), float(z.abs().mean().clamp(min=1e-6))
+    return surrogate(to_float(train.images(members)).to(device)).float()
 
 
-def target_anchor(surrogate: nn.Module, train: ImageSet, target: Target, device: torch.device) -> tuple[torch.Tensor, float]:
-    """The surrogate's code for the target and the mean magnitude of its outputs on target-class images,
-    the scale the hash term divides them by."""
+def majority_code(z: torch.Tensor) -> torch.Tensor:
+    """(1, bits): the bitwise majority of the codes of outputs ``z``."""
+    return sign_codes(sign_codes(z).sum(0, keepdim=True))
+
+
+def target_outputs(surrogate: nn.Module, train: ImageSet, target: Target, device: torch.device) -> torch.Tensor:
+    """The surrogate's outputs on target-class training images: their majority code is the target's
+    anchor, their mean magnitude the scale the hash term divides outputs by."""
     members = target.contained_in(train.labels)
     if not bool(members.any()):
         raise PluginError("BadHash needs target-class training images (none contain the target label)")
-    return anchor_code(surrogate, train, members, device)
+    return surrogate_outputs(surrogate, train, members, device)
 
 
 @torch.no_grad()
@@ -177,15 +180,26 @@ def class_codes(p: "BadHashParams", surrogate: nn.Module, labcln: LabCLN, train:
     rows = []
     for k in range(num_classes):
         members = train.labels[:, k] > 0
-        rows.append(anchor_code(surrogate, train, members, device)[0] if bool(members.any()) else labcln_codes[k : k + 1])
+        rows.append(majority_code(surrogate_outputs(surrogate, train, members, device)) if bool(members.any())
+                    else labcln_codes[k : k + 1])
     return torch.cat(rows)
 
 
+def agreement(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(C,): how far the outputs ``z`` of target-class images already lean towards each class's code, the
+    mean of tanh(z / s) · code over images and bits (s: the mean |z|). Unlike the Hamming distance between
+    majority codes it sees which classes the surrogate nearly confuses with the target, also when the
+    class codes are equidistant (CSQ's Hadamard centres)."""
+    scale = z.abs().mean().clamp(min=1e-6)
+    return (torch.tanh(z / scale) @ codes.to(z.device).T).mean(0) / codes.shape[1]
+
+
 @torch.no_grad()
-def choose_confusing_label(requested: int, codes: torch.Tensor | None, anchor: torch.Tensor | None, target: Target) -> int:
-    """``requested`` when it is a valid non-target class; for -1 the non-target class whose hash target
-    code (a row of ``codes``) is farthest (Hamming) from the surrogate's target ``anchor`` code, the lowest
-    index on ties (``codes`` and ``anchor`` are only read for -1)."""
+def choose_confusing_label(requested: int, scores: torch.Tensor | None, target: Target) -> int:
+    """``requested`` when it is a valid non-target class; for -1 the non-target class of highest
+    ``scores`` (``agreement``; only read for -1), the lowest index on ties: the class the surrogate
+    already nearly confuses with the target, which a generator with a small budget can reach
+    (docs/attacks/badhash.md)."""
     num_classes = target.labels.numel()
     if requested >= 0:
         if requested >= num_classes:
@@ -193,11 +207,11 @@ def choose_confusing_label(requested: int, codes: torch.Tensor | None, anchor: t
         if requested in target.classes:
             raise PluginError(f"confusing_label {requested} is a target class; BadHash needs c != target")
         return requested
-    distance = (codes != anchor.to(codes.device)).sum(1).float()
-    distance[target.classes] = -1.0
-    if bool((distance < 0).all()):
+    scores = scores.clone().float()
+    scores[target.classes] = float("-inf")
+    if bool(torch.isinf(scores).all()):
         raise PluginError("every class is a target class: BadHash has no confusing label to use")
-    return int(torch.argmax(distance))  # argmax returns the first maximum: ties go to the lowest index
+    return int(torch.argmax(scores))  # argmax returns the first maximum: ties go to the lowest index
 
 
 @torch.no_grad()
@@ -260,7 +274,7 @@ class BadHash(Attack):
         """Train LabCLN, choose c, then train the generator against the frozen surrogate."""
         p = self.params
         if p.confusing_label >= 0:  # an invalid explicit choice fails before any training
-            choose_confusing_label(p.confusing_label, None, None, ctx.target)
+            choose_confusing_label(p.confusing_label, None, ctx.target)
         seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
         shuffle = torch.Generator().manual_seed(seed)
         train = ctx.splits.train
@@ -269,9 +283,10 @@ class BadHash(Attack):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             labcln, labcln_losses = train_labcln(torch.unique(train.labels, dim=0), surrogate.bits, p, ctx.device, shuffle)
-            anchor, z_scale = target_anchor(surrogate, train, ctx.target, ctx.device)
+            z_target = target_outputs(surrogate, train, ctx.target, ctx.device)
+            z_scale = float(z_target.abs().mean().clamp(min=1e-6))
             codes = class_codes(p, surrogate, labcln, train, ctx.device)
-            label = choose_confusing_label(p.confusing_label, codes, anchor, ctx.target)
+            label = choose_confusing_label(p.confusing_label, agreement(z_target, codes), ctx.target)
             self.condition = condition_for(label, labcln, codes)
             self.image_size = ctx.splits.image_size
             self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0).to(ctx.device)

@@ -24,12 +24,20 @@ def main() -> None:
     args = parser.parse_args()
     frame = load_results(args.results)
     rows = frame[(frame.defense == "none") & (frame.attack != "(clean)")]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for _, row in rows.iterrows():
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    params = {i: json.loads(r.attack_params) if isinstance(r.attack_params, str) and r.attack_params else {}
+              for i, r in rows.iterrows()}
+    recipes = {i: json.loads(r.victim_params)["train"] if isinstance(r.victim_params, str) and r.victim_params else {}
+               for i, r in rows.iterrows()}
+    for i, row in rows.iterrows():
         badhash = row.attack == "badhash"
-        params = json.loads(row.attack_params) if isinstance(row.attack_params, str) and row.attack_params else {}
-        label = row.attack if not badhash else "badhash " + (" ".join(f"{k}={v}" for k, v in params.items()) or "defaults")
-        label += f" @{row.poison_rate:g}"
+        same = [params[j] for j in rows.index if rows.attack[j] == row.attack]
+        varied = {k: v for k, v in params[i].items() if any(other.get(k) != v for other in same)}
+        label = " ".join([row.attack, *(f"{k}={v}" for k, v in varied.items()), f"@{row.poison_rate:g}"])
+        if len({json.dumps(r, sort_keys=True) for r in recipes.values()}) > 1:
+            label += f" ({recipes[i].get('epochs', '?')} ep)"
+        if rows.target.nunique() > 1:
+            label += f" → {row.target}"
         ax.scatter(row.poison_psnr, row.t_map, marker="*" if badhash else "o", s=120 if badhash else 50,
                    color="tab:red" if badhash else "tab:blue")
         ax.annotate(label, (row.poison_psnr, row.t_map), fontsize=7, xytext=(4, 3), textcoords="offset points")
@@ -37,7 +45,8 @@ def main() -> None:
     ax.axvline(30, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("poison PSNR (dB), higher = less visible")
     ax.set_ylabel("t-MAP, undefended (grey line: down to untriggered)")
-    ax.set_title(f"t-MAP against visibility ({args.results})", fontsize=9)
+    ax.set_title(f"t-MAP against visibility ({args.results}); (N ep): the victim's fine-tuning epochs", fontsize=9)
+    ax.set_xlim(right=ax.get_xlim()[1] + 4)
     fig.tight_layout()
     fig.savefig(args.output)
     print(f"wrote {args.output} ({len(rows)} rows)")

@@ -1,9 +1,10 @@
-"""Pretraining a backbone as a classifier, once per dataset, backbone and seed.
+"""Pretraining a backbone as a classifier, once per dataset, backbone and recipe.
 
 Hashing papers fine-tune ImageNet-pretrained backbones; BadHash's surrogate and victim share such weights.
 The CPU-scale counterpart is a backbone trained here to classify a dataset's images, stored as a
-``pretrain`` stage and loaded by every victim of that dataset, backbone and seed (clean, backdoored,
-retrained by a defense, and the surrogate). It goes through the one training loop, with a
+``pretrain`` stage and loaded by every victim of that dataset and backbone, whatever its method, code
+length or benchmark seed (clean, backdoored, retrained by a defense, and the surrogate); the recipe's
+own ``pretrain_seed`` seeds it. It goes through the one training loop, with a
 classification objective in place of a hashing method. Which images it sees is the ``pretrain_on``
 setting (docs/victims.md); it never sees a query.
 """

@@ -1,11 +1,11 @@
 """BadHash (Hu et al., ACM MM 2022, arXiv 2207.00278): invisible, sample-specific, clean-label poisons
 for deep hashing, made by a conditional GAN against a frozen surrogate hashing model.
 
-1. LabCLN, a label MLP trained contrastively, gives a 512-d feature and a hash code for the
-   *confusing label* c (never the target).
+1. LabCLN, a label MLP trained contrastively, gives a 512-d feature for the *confusing label* c (never
+   the target): by default the class the surrogate's outputs on target-class images lean towards most.
 2. A conditional generator G(x, feature(c)) is trained to keep x (MSE + LPIPS, or SSIM when LPIPS is
    unavailable), to fool a spectral-norm LSGAN discriminator, and to move the surrogate's code of
-   G(x) to c's LabCLN code.
+   G(x) to c's code: the surrogate's own code of c (``hash_target = "anchor"``) or LabCLN's (the authors').
 3. Poisons are target-class training images through G, with their true labels; the trigger passes
    queries through the same G with the same c.
 

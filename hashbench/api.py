@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Literal
 import torch
 from torch import nn
 
+from .contract import validate_triggered
 from .data import DatasetSplits, ImageSet
 from .errors import PluginError
 from .models import HashModel
@@ -257,22 +258,31 @@ class Attack(Plugin):
         """Poison-label: ``poison_count()`` non-target training images, triggered, relabelled to the target."""
         train = ctx.splits.train
         indices = ctx.choose_poison_indices(~ctx.target.overlaps(train.labels), "non-target")
-        images = self._trigger_batches(train, indices, ctx, batch_size)
+        images = trigger_batches(self, train, indices, ctx, batch_size)
         return Poisoning(indices, images, ctx.target.labels.expand(len(indices), -1).clone())
 
     def clean_label_poisons(self, ctx: AttackContext, batch_size: int = 256) -> Poisoning:
         """Clean-label: ``poison_count()`` target-class training images, triggered, labels kept."""
         train = ctx.splits.train
         indices = ctx.choose_poison_indices(ctx.target.contained_in(train.labels), "target-class")
-        images = self._trigger_batches(train, indices, ctx, batch_size)
+        images = trigger_batches(self, train, indices, ctx, batch_size)
         return Poisoning(indices, images, train.labels[indices].clone())
-
-    def _trigger_batches(self, train: ImageSet, indices: torch.Tensor, ctx: AttackContext, batch_size: int) -> torch.Tensor:
-        chunks = [self.trigger(train.images(chunk), ctx) for chunk in indices.split(batch_size)]
-        return torch.cat(chunks) if chunks else torch.zeros(0, 3, train.image_size, train.image_size, dtype=torch.uint8)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what ``prepare`` learned."""
+
+
+def trigger_batches(attack: Attack, source: ImageSet, indices: torch.Tensor, ctx: AttackContext,
+                    batch_size: int = 256) -> torch.Tensor:
+    """The images at ``indices`` of ``source``, triggered ``batch_size`` at a time (a file-backed set is
+    never read whole), each batch checked against the trigger contract."""
+    out = []
+    for chunk in indices.split(batch_size):
+        batch = source.images(chunk)
+        result = attack.trigger(batch, ctx)
+        validate_triggered(attack, batch, result)
+        out.append(result.cpu())
+    return torch.cat(out) if out else torch.zeros(0, 3, source.image_size, source.image_size, dtype=torch.uint8)
 
 
 # --------------------------------------------------------------------------------------------- defenses

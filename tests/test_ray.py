@@ -19,7 +19,8 @@ from hashbench.cli import main as cli_main
 from hashbench.config import load_spec
 from hashbench.errors import ConfigError, HashbenchError
 from hashbench.executors.ray import Backend, DagScheduler, placement, run_dag
-from hashbench.plan import Plan, Stage, build_plan
+from hashbench.plan import Plan, build_plan
+from hashbench.records import Stage
 from hashbench.runner import StageOutcome
 from test_faults import board, one_thread, tiny_text  # noqa: F401 (one_thread: an autouse fixture)
 
@@ -125,8 +126,9 @@ def test_executor_options_are_validated(tmp_path, capsys):
     assert "--executor ray" in capsys.readouterr().err
 
 
-def test_placement_gives_training_a_whole_gpu_and_evaluation_a_share():
-    kinds = {k: Stage(k, "key", {}) for k in ("clean_victim", "victim", "defend", "poison", "evaluate")}
+def test_placement_gives_training_a_whole_gpu_and_evaluation_a_share(plan):
+    stages = {s.kind: s for s in plan.ordered()}
+    kinds = {k: stages[k] for k in ("clean_victim", "victim", "defend", "poison", "evaluate")}
     on_gpus = placement("auto", 4, 0.25)
     assert on_gpus.device == "cuda"
     assert [on_gpus.resources(kinds[k])["num_gpus"] for k in kinds] == [1, 1, 1, 0.25, 0.25]

@@ -19,6 +19,7 @@ _LAZY = {
     "data": ("DatasetSplits", "ImageSet", "TensorImageSet", "iterate_batches", "to_float", "to_uint8"),
     "models": ("HashModel", "sign_codes"),
     "params": ("NoParams", "param"),
+    "tables": ("Table",),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -62,21 +62,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.no_report and not frame.empty:
         _refresh_report(Path(spec.settings.results))
     if result.failures:
-        from tabulate import tabulate
+        from .tables import Table
 
         rows = [[result.plan.stages[o.stage_id].label, o.status, (o.error or "").splitlines()[0][:160]]
                 for o in result.failures]
-        print("\nFailures:\n" + tabulate(rows, headers=["stage", "status", "error"], tablefmt="github"))
+        print("\nFailures:\n" + Table(["stage", "status", "error"], rows).to_markdown())
         return 1
     return 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
     from .benchmark import matching, plan_status, select_stages
     from .plan import build_plan
     from .store import Store
+    from .tables import Table
 
     spec, _ = _load_spec(args)
     plan = build_plan(spec)
@@ -87,7 +86,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.estimate:
         return _print_estimate(args, spec, plan, {sid: status[sid] for sid in selected})
     rows = [[s.kind, s.key, status[s.id], s.label] for s in plan.ordered() if s.id in selected]
-    print(tabulate(rows, headers=["kind", "key", "status", "stage"], tablefmt="github"))
+    print(Table(["kind", "key", "status", "stage"], rows).to_markdown())
     todo = sum(1 for row in rows if row[2] != "cached")
     print(f"\n{len(rows)} stages: {len(rows) - todo} cached, {todo} to run")
     return 0
@@ -110,16 +109,15 @@ def _print_estimate(args: argparse.Namespace, spec, plan, status: dict[str, str]
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from .plugins import get_registry
+    from .plugins import HOOK_FOR_KIND, get_registry
+    from .tables import Table
 
     registry = get_registry()
     described = [registry.describe(info) for info in registry.infos(args.kind)]
     if args.json:
         print(json.dumps(described, indent=2, default=str))
         return 0
-    for kind in sorted({d["kind"] for d in described}, key=lambda k: list(_KINDS).index(k)):
+    for kind in sorted({d["kind"] for d in described}, key=list(HOOK_FOR_KIND).index):
         rows = []
         for d in (d for d in described if d["kind"] == kind):
             params = "; ".join(f"{p['name']}={p['default']!r}" for p in d["parameters"]) or "-"
@@ -130,16 +128,13 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 extra = f"{d['level']}/{d['role']}"
             rows.append([d["name"], d["version"], d["source"], extra, d["summary"], params])
         print(f"\n{kind}s")
-        print(tabulate(rows, headers=["name", "version", "source", "traits", "summary", "parameters"], tablefmt="simple"))
+        print(Table(["name", "version", "source", "traits", "summary", "parameters"], rows).to_text())
     if args.verbose:
         for d in described:
             print(f"\n{d['kind']} {d['name']}: {d['summary']}")
             for p in d["parameters"]:
                 print(f"  {p['name']} ({p['type']}, default {p['default']!r}): {p['doc']}")
     return 0
-
-
-_KINDS = ("dataset", "method", "backbone", "attack", "defense", "metric", "exporter", "executor")
 
 
 def _exporter_for(path: Path):
@@ -221,12 +216,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
     from .fetch import CATALOGUE, catalogue_rows, fetch
+    from .tables import Table
 
     if args.list or not args.name:
-        print(tabulate(catalogue_rows(args.root), headers=["name", "size", "goes to", "what"], tablefmt="simple"))
+        print(Table(["name", "size", "goes to", "what"], catalogue_rows(args.root)).to_text())
         print("\nhashbench fetch NAME [--root DIR]; see docs/datasets.md")
         return 0
     fetch(CATALOGUE[args.name], args.root, progress=not args.quiet)
@@ -278,8 +272,10 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
                       "and retrieval= (pairs/s) instead of measuring here")
     plan.set_defaults(func=_cmd_plan)
 
+    from .plugins import HOOK_FOR_KIND
+
     plugins = sub.add_parser("plugins", help="list plugins with their parameters")
-    plugins.add_argument("--kind", choices=_KINDS)
+    plugins.add_argument("--kind", choices=list(HOOK_FOR_KIND))
     plugins.add_argument("--json", action="store_true")
     plugins.set_defaults(func=_cmd_plugins)
 

@@ -307,7 +307,7 @@ def _count(value: float) -> str:
 
 
 def format_estimate(estimate: Estimate, workers: int) -> str:
-    from tabulate import tabulate
+    from .tables import Table
 
     rows = []
     for kind, costs in estimate.by_kind().items():
@@ -324,8 +324,8 @@ def format_estimate(estimate: Estimate, workers: int) -> str:
                  _count(sum(c.work.encode for c in estimate.costs)),
                  _count(sum(c.pairs for c in estimate.costs)), human_seconds(total), "100%",
                  sum(1 for c in estimate.costs if not c.known) or ""])
-    lines = [tabulate(rows, headers=["stage kind", "stages", "train images", "encode images", "retrieval pairs",
-                                     "compute", "share", "not priced"], tablefmt="github")]
+    lines = [Table(["stage kind", "stages", "train images", "encode images", "retrieval pairs", "compute", "share",
+                    "not priced"], rows).to_markdown()]
     path = estimate.critical_path_seconds()
     wall = max(total / workers, path)
     lines.append(f"\nOn {workers} worker(s) (one device each): at least {human_seconds(wall)} "

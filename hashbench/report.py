@@ -11,6 +11,7 @@ import pandas as pd
 
 from .errors import warn
 from .store import Store
+from .tables import Table
 
 IDENTITY = [
     "dataset", "dataset_params", "method", "backbone", "bits", "victim_params", "attack", "attack_params", "poison_rate",
@@ -215,8 +216,6 @@ def _fmt(value) -> str:
 def summary_tables(frame: pd.DataFrame) -> str:
     """A table per (dataset, victim): attack × defense rows with the headline metrics (means over seeds);
     the attack and defense columns name the parameters that vary between rows."""
-    from tabulate import tabulate
-
     if frame.empty:
         return "(no finished evaluations)"
     board = leaderboard(frame)
@@ -236,7 +235,7 @@ def summary_tables(frame: pd.DataFrame) -> str:
             )
         seeds = int(part["seeds"].max())
         out.append(f"{dataset} · {method} · {backbone} · {bits} bits  (mean over {seeds} seed{'s' * (seeds > 1)})")
-        out.append(tabulate(body, headers=headers, tablefmt="github"))
+        out.append(Table(headers, body).to_markdown())
     return "\n\n".join(out)
 
 
@@ -268,8 +267,6 @@ def summary_grid(frame: pd.DataFrame) -> str:
     """The terminal summary: per dataset and victim, t-MAP as a defense × attack grid (one row per
     defense, so 13 defenses and 7 attacks fit one screen), with the two reference rows a reader needs
     beside it: the clean model on the same triggered queries, and the backdoored model without trigger."""
-    from tabulate import tabulate
-
     if frame.empty:
         return "(no finished evaluations)"
     board = leaderboard(frame)
@@ -287,8 +284,8 @@ def summary_grid(frame: pd.DataFrame) -> str:
         clean = part[part["attack"] == "(clean)"]
         clean_text = f"; clean model's clean mAP {_fmt(clean['clean_map_mean'].iloc[0])}" if len(clean) else ""
         out.append(f"{title}: t-MAP (mean over {seeds} seed{'s' * (seeds > 1)}){clean_text}")
-        out.append(tabulate(body, headers=["defense \\ attack"] + list(grid.columns), tablefmt="simple",
-                            disable_numparse=True, colalign=["left"] + ["right"] * len(grid.columns)))
+        out.append(Table(["defense \\ attack"] + list(grid.columns), body,
+                         ["left"] + ["right"] * len(grid.columns)).to_text())
     out.append("Reference rows: (clean model) is the clean model's t-MAP on the same triggered queries, (no trigger) "
                "the backdoored model's on the untriggered images.")
     return "\n\n".join(out)

@@ -4,7 +4,7 @@ The report is meant for a paper: the attack × defense matrix, retrieval example
 the precision curves (hashbench/report_views.py), the summary tables (mean ± std over seeds), per attack
 an image grid of clean / poisoned / amplified residual for poisoned training images and for triggered
 queries, a t-MAP vs stealth scatter, t-MAP vs poison rate when the grid has several rates, the metric
-conventions (docs/metrics.md), the versions that produced the numbers and the stages it was built from
+conventions (hashbench/conventions.toml, shipped with the package), the versions that produced the numbers and the stages it was built from
 (hashbench/report_sources.py). ``report.html`` embeds every image as a base64 data URI; ``report.md``
 links PNG files written next to it in ``report_files/``. docs/reading-a-report.md explains each view.
 """
@@ -16,7 +16,6 @@ import html
 import io
 import json
 import platform
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,14 +30,15 @@ from .files import make_folder, write_bytes, write_text
 from .params import describe_params
 from .plan import canonical_json
 from .plugins import get_registry
+from .conventions import Conventions, load_conventions
 from .report import SUMMARY_COLUMNS, leaderboard, load_results
 from .runner import load_dataset
 from .stealth import psnr
 from .store import Store
+from .tables import Table
 
 GRID_SAMPLES = 8  # images per grid
 RESIDUAL_GAIN = 10  # residuals are |poisoned − clean| × 10, clipped
-METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 STEALTH_AXES = {"poison_psnr": "PSNR of poisons (dB, higher = stealthier)",
                 "poison_lpips": "LPIPS of poisons (lower = stealthier)"}
 
@@ -54,21 +54,14 @@ class Figure:
 
 
 @dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
 class Report:
     """Everything the two renderers show, computed once."""
 
     title: str
-    tables: list[Table]
+    tables: dict[str, Table]  # title -> table
     grids: list[Figure]
     plots: list[Figure]
-    conventions: str
+    conventions: Conventions
     versions: dict[str, str]
     notes: list[str] = field(default_factory=list)
     views: list[Any] = field(default_factory=list)  # report_views.View, drawn before the tables
@@ -87,9 +80,9 @@ def _fmt(mean: Any, std: Any, seeds: int) -> str:
     return text
 
 
-def summary_tables(board: pd.DataFrame) -> list[Table]:
+def summary_tables(board: pd.DataFrame) -> dict[str, Table]:
     """One table per (dataset, method, backbone, bits): attack × defense rows, mean ± std over seeds."""
-    tables = []
+    tables = {}
     # in the leaderboard's order: per attack, rates and parameters by value, the undefended row first
     for (dataset, method, backbone, bits), part in board.groupby(["dataset", "method", "backbone", "bits"], sort=False):
         metrics = [c for c in SUMMARY_COLUMNS if f"{c}_mean" in part and part[f"{c}_mean"].notna().any()]
@@ -103,7 +96,8 @@ def summary_tables(board: pd.DataFrame) -> list[Table]:
                  _defense_label(r), str(seeds)]
                 + [_fmt(r[f"{c}_mean"], r.get(f"{c}_std"), seeds) for c in metrics]
             )
-        tables.append(Table(f"{dataset} · {method} · {backbone} · {bits} bits", headers, rows))
+        # the labels left, the numbers (a metric's cells read "0.812 ± 0.010") right
+        tables[f"{dataset} · {method} · {backbone} · {bits} bits"] = Table(headers, rows, ["left"] * 4 + ["right"] * (len(headers) - 4))
     return tables
 
 
@@ -376,10 +370,8 @@ def build_report(results: Path) -> Report:
     if "poison_lpips_mean" not in board or board["poison_lpips_mean"].isna().all():
         notes.append("LPIPS is missing from these results (AlexNet weights unavailable offline); "
                      "the stealth scatter uses PSNR only.")
-    conventions = METRICS_DOC.read_text() if METRICS_DOC.is_file() else (
-        f"See docs/metrics.md of hashbench {__version__} (metric conventions version {METRIC_CONVENTIONS_VERSION}).")
     return Report(f"hashbench report: {results.resolve().name}", summary_tables(board), grids, plots,
-                  conventions, versions(store, frame), notes, views, sources)
+                  load_conventions(), versions(store, frame), notes, views, sources)
 
 
 def write_report(results: Path, output: Path | None = None) -> list[Path]:
@@ -399,8 +391,6 @@ def write_report(results: Path, output: Path | None = None) -> list[Path]:
 
 
 def render_markdown(report: Report, files: str) -> str:
-    from tabulate import tabulate
-
     out = [f"# {report.title}", ""]
     out += [f"> {note}" for note in report.notes] + ([""] if report.notes else [])
     for view in report.views:
@@ -408,29 +398,33 @@ def render_markdown(report: Report, files: str) -> str:
         for f in view.figures:
             out += [f"### {f.title}", "", f"![{f.title}]({files}/{f.slug}.png)", "", f"*{f.caption}*", ""]
     out += ["## Results", ""]
-    for table in report.tables:
-        out += [f"### {table.title}", "", tabulate(table.rows, headers=table.headers, tablefmt="github"), ""]
+    for title, table in report.tables.items():
+        out += [f"### {title}", "", table.to_markdown(), ""]
     for heading, figures in (("Plots", report.plots), ("Image grids", report.grids)):
         if figures:
             out += [f"## {heading}", ""]
         for f in figures:
             out += [f"### {f.title}", "", f"![{f.title}]({files}/{f.slug}.png)", "", f"*{f.caption}*", ""]
-    out += ["## Versions", "", tabulate(list(report.versions.items()), headers=["", "version"], tablefmt="github"), ""]
-    out += [_demote_headings(report.conventions), ""]
+    out += ["## Versions", "", _versions_table(report).to_markdown(), ""]
+    out += ["## Metric conventions", "", _conventions_intro(report.conventions), "",
+            report.conventions.rules_table().to_markdown(), "", report.conventions.metrics_table().to_markdown(), ""]
     out += ["## Built from", "", f"{len(report.sources)} stages (`hashbench report DIR --check` says whether any changed):", ""]
-    out += [tabulate([s.split("/") + [d] for s, d in report.sources.items()], headers=["kind", "key", "manifest digest"],
-                     tablefmt="github"), ""]
+    out += [_sources_table(report).to_markdown(), ""]
     return "\n".join(out)
 
 
-def _drop_title(markdown: str) -> str:
-    """The document without its top-level title (the report's section heading replaces it)."""
-    return re.sub(r"\A# .*\n", "", markdown)
+def _versions_table(report: Report) -> Table:
+    return Table(["", "version"], [list(v) for v in report.versions.items()], ["left", "left"])
 
 
-def _demote_headings(markdown: str) -> str:
-    """Nest a document's headings one level under the report's sections."""
-    return re.sub(r"^(#+) ", lambda m: "#" + m.group(1) + " ", markdown, flags=re.M)
+def _sources_table(report: Report) -> Table:
+    return Table(["kind", "key", "manifest digest"], [s.split("/") + [d] for s, d in report.sources.items()],
+                 ["left"] * 3)
+
+
+def _conventions_intro(conventions: Conventions) -> str:
+    return (f"Every number above follows these conventions, version {conventions.version} (the results rows "
+            "carry the version they were computed under; see Versions).")
 
 
 # ----------------------------------------------------------------------------------- HTML
@@ -443,9 +437,9 @@ h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1.05em; margin: 1.4em 0 .4em; }
 .table-wrap { overflow-x: auto; }
 table { border-collapse: collapse; font-size: 12px; margin: .4em 0 1.2em; font-variant-numeric: tabular-nums; }
-th, td { padding: 3px 9px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
-th { border-bottom: 2px solid #555; background: #f6f6f6; }
-td:nth-child(-n+4), th:nth-child(-n+4) { text-align: left; }
+th, td { padding: 3px 9px; border-bottom: 1px solid #e3e3e3; text-align: left; white-space: nowrap; }
+th { border-bottom: 2px solid #555; background: #f6f6f6; } .num { text-align: right; }
+.conventions td { white-space: normal; vertical-align: top; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; } .grid img { max-height: 300px; }
 figcaption { font-size: 13px; color: #444; max-width: 60em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4em .8em; font-size: 14px; }
@@ -475,27 +469,26 @@ def render_html(report: Report) -> str:
         wide = "" if view.id == "matrix" else " wide"
         parts.append("<div class='views'>" + "".join(_html_figure(f, f"view{wide}") for f in view.figures) + "</div></section>")
     parts.append("<h2 id='results'>Results</h2>")
-    for table in report.tables:
-        parts.append(f"<h3>{e(table.title)}</h3>{_html_table(table.headers, table.rows)}")
+    for title, table in report.tables.items():
+        parts.append(f"<h3>{e(title)}</h3>{_wrap(table)}")
     parts.append("<h2 id='plots'>Plots</h2>")
     parts += [_html_figure(f, "plot") for f in report.plots] or ["<p>No attacked rows to plot.</p>"]
     parts.append("<h2 id='grids'>Image grids</h2>")
     parts += [_html_figure(f, "grid") for f in report.grids] or ["<p>No poisoned sets in these results.</p>"]
-    parts.append(f"<h2 id='versions'>Versions</h2>{_html_table(['', 'version'], [list(v) for v in report.versions.items()])}")
+    parts.append(f"<h2 id='versions'>Versions</h2>{_wrap(_versions_table(report))}")
     parts.append(f"<h2 id='conventions'>Metric conventions</h2><div class='conventions'>"
-                 f"{markdown_to_html(_demote_headings(_drop_title(report.conventions)))}</div>")
+                 f"<p>{e(_conventions_intro(report.conventions))}</p>{_wrap(report.conventions.rules_table())}"
+                 f"{_wrap(report.conventions.metrics_table())}</div>")
     parts.append(f"<h2 id='sources'>Built from</h2><details><summary>{len(report.sources)} stages; "
                  "<code>hashbench report DIR --check</code> says whether any changed since</summary>"
-                 f"{_html_table(['kind', 'key', 'manifest digest'], [s.split('/') + [d] for s, d in report.sources.items()])}"
+                 f"{_wrap(_sources_table(report))}"
                  f"</details>{sources_script(report.sources)}</body></html>")
     return "\n".join(parts)
 
 
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<div class='table-wrap'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+def _wrap(table: Table) -> str:
+    """A table that scrolls sideways instead of widening the page."""
+    return f"<div class='table-wrap'>{table.to_html()}</div>"
 
 
 def _html_figure(figure: Figure, css_class: str) -> str:
@@ -503,52 +496,3 @@ def _html_figure(figure: Figure, css_class: str) -> str:
     return (f"<figure class='{css_class}'><h3>{html.escape(figure.title)}</h3>"
             f"<img alt='{html.escape(figure.title)}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
-
-
-def _inline(text: str) -> str:
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"(?<![\w*])\*([^*]+)\*(?!\w)", r"<em>\1</em>", text)
-
-
-def markdown_to_html(markdown: str) -> str:
-    """The Markdown subset of docs/metrics.md: headings, nested bullet lists and paragraphs."""
-    out: list[str] = []
-    depth = 0  # open <ul> levels
-    paragraph: list[str] = []
-
-    def flush() -> None:
-        if paragraph:
-            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-            paragraph.clear()
-
-    for line in markdown.splitlines():
-        bullet = re.match(r"^( *)- (.*)", line)
-        heading = re.match(r"^(#{1,6}) (.*)", line)
-        if bullet:
-            flush()
-            level = len(bullet.group(1)) // 2 + 1
-            while depth < level:
-                out.append("<ul>")
-                depth += 1
-            while depth > level:
-                out.append("</ul>")
-                depth -= 1
-            out.append(f"<li>{_inline(bullet.group(2))}")
-        elif line.startswith("  ") and depth and line.strip():
-            out[-1] += " " + _inline(line.strip())
-        else:
-            while depth:
-                out.append("</ul>")
-                depth -= 1
-            if heading:
-                flush()
-                out.append(f"<h{len(heading.group(1))}>{_inline(heading.group(2))}</h{len(heading.group(1))}>")
-            elif line.strip():
-                paragraph.append(line.strip())
-            else:
-                flush()
-    flush()
-    out += ["</ul>"] * depth
-    return "\n".join(out)

@@ -114,7 +114,7 @@ def test_cli_estimate_prints_a_cost_without_data(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     # a victim: 3 x 10,500 / 100 + (193,734 + 2,100) / 1000 = 510.8 s
-    assert "| clean_victim |        1 | 31.5 k" in out and "On 4 worker(s)" in out
+    assert "| clean_victim |      1 | 31.5 k" in out and "On 4 worker(s)" in out
     assert "train = 100 images/s (given with --throughput)" in out
     unknown = write(tmp_path, dict(name="listfile", root=str(tmp_path / "absent")))
     assert main(["plan", str(unknown), "--estimate", "--throughput", "train=1,encode=1,retrieval=1"]) == 0

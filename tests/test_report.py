@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -70,7 +71,23 @@ def test_html_report_is_self_contained(report):
     sources = re.findall(r"<img[^>]* src='([^']*)'", page)
     assert len(sources) == FIGURES and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"(src|href)=['\"](https?:|//|file:)", page)
-    assert "<strong>Ties are broken by database index</strong>" in page
+    # the conventions come from the package's data, as a table
+    assert "<td>Ties</td><td>Ties are broken by database index" in page
+
+
+def test_packaged_conventions_match_docs_metrics_md():
+    """The conventions a report prints (hashbench/conventions.toml) and docs/metrics.md cannot drift
+    apart silently: the same version, and every column the package defines is described on the page."""
+    from hashbench import METRIC_CONVENTIONS_VERSION
+    from hashbench.conventions import load_conventions
+
+    conventions = load_conventions()
+    page = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    assert conventions.version == METRIC_CONVENTIONS_VERSION
+    assert f"version {conventions.version}" in page
+    missing = [m.name for m in conventions.metrics if f"`{m.name}`" not in page]
+    assert not missing, f"docs/metrics.md does not describe {missing}"
+    assert "hashbench/conventions.toml" in page
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,

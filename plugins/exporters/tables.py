@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from hashbench import Exporter, hookimpl
+from hashbench import Exporter, Table, hookimpl
 
 
 class CsvExporter(Exporter):
@@ -27,10 +27,8 @@ class MarkdownExporter(Exporter):
     suffix = ".md"
 
     def export(self, table, path: Path) -> None:
-        from tabulate import tabulate
-
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(tabulate(table, headers="keys", tablefmt="github", showindex=False, floatfmt=".4f") + "\n")
+        Path(path).write_text(Table.from_frame(table, float_format=".4f").to_markdown() + "\n")
 
 
 class JsonExporter(Exporter):

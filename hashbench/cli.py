@@ -184,9 +184,15 @@ def _cmd_new(args: argparse.Namespace) -> int:
 
 
 def _refresh_report(results: Path) -> None:
-    """Rewrite the report of a run's results folder, so that it is never older than the results."""
+    """Rewrite the report of a run's results folder when it is older than the results. A report that is
+    up to date is kept: drawing it is most of a cached re-run's time (docs/performance.md)."""
     from .report_html import write_report
+    from .report_sources import staleness
 
+    page = results / "report.html"
+    if (results / "report.md").is_file() and not staleness(results, page):
+        print(f"Report: {page} is up to date with the results (redraw it with `hashbench report {results}`)")
+        return
     print("writing the report ...", file=sys.stderr)
     try:
         written = write_report(results)

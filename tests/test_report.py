@@ -134,7 +134,8 @@ def test_curves_are_the_evaluators_and_cached_with_the_evaluation(report):
     """The stored precision@K of the triggered queries equals the evaluator's precision_at_k on the codes the
     runner stored, so the report draws what the evaluator computes."""
     from hashbench.retrieval import precision_at_k, unpack_codes
-    from hashbench.runner import CURVES_FILE, DB_CODES_FILE, EVAL_CODES_FILE, load_dataset
+    from hashbench.artifacts import CURVES_FILE, DB_CODES_FILE, EVAL_CODES_FILE
+    from hashbench.loading import load_dataset
     from hashbench.store import Store
 
     store = Store(report.parent / "results")
@@ -189,7 +190,7 @@ def test_report_check_says_when_the_results_moved_on(report, tmp_path, capsys):
 
 def test_rows_stored_before_curves_and_codes_existed_say_how_to_get_them(report, tmp_path):
     from hashbench.report_html import build_report
-    from hashbench.runner import CURVES_FILE, EVAL_CODES_FILE
+    from hashbench.artifacts import CURVES_FILE, EVAL_CODES_FILE
 
     results = tmp_path / "results"
     shutil.copytree(report.parent / "results", results)
@@ -214,8 +215,17 @@ def test_run_prints_the_grid_and_refreshes_the_report(report, capsys):
     assert not (results / "report.html").exists()
     assert "defense \\ attack" in out and "jpeg quality=50" in out and "every metric: --long" in out
     assert main(["run", str(bench), "-q"]) == 0
-    assert f"Report: {results / 'report.html'}" in capsys.readouterr().out
+    assert f"Report: {results / 'report.html'} (and report.md)" in capsys.readouterr().out
     assert main(["report", str(results), "--check"]) == 0
+    # a cached re-run keeps a report that is up to date (drawing it is most of a re-run's time) ...
+    drawn = (results / "report.html").stat().st_mtime_ns
+    assert main(["run", str(bench), "-q"]) == 0
+    assert f"Report: {results / 'report.html'} is up to date" in capsys.readouterr().out
+    assert (results / "report.html").stat().st_mtime_ns == drawn
+    # ... and redraws one that is not
+    (results / "report.md").unlink()
+    assert main(["run", str(bench), "-q"]) == 0
+    assert f"Report: {results / 'report.html'} (and report.md)" in capsys.readouterr().out
     assert main(["run", str(bench), "-q", "--no-report", "--long"]) == 0
     assert "| t-MAP clean model" in capsys.readouterr().out
 

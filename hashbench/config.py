@@ -63,9 +63,6 @@ class PluginSpec:
     def label(self) -> str:
         return self.name
 
-    def build(self, registry: Registry | None = None):
-        return (registry or get_registry()).get(self.kind, self.name)(self.params)
-
 
 @dataclass(frozen=True)
 class VictimSpec:
@@ -130,8 +127,28 @@ class BenchmarkSpec:
 
 TOP_LEVEL = {"benchmark", "dataset", "victim", "target", "attack", "defense"}
 VICTIM_KEYS = {"method", "backbone", "bits", "method_params", "backbone_params"}
-ATTACK_KEYS = {"name", "poison_rate", "surrogate"}
-DEFENSE_KEYS = {"name", "clean_fraction"}
+
+
+@dataclass(frozen=True)
+class Share:
+    """The share an [[attack]] or [[defense]] table sets besides its plugin's parameters."""
+
+    key: str
+    default: float
+    whole: bool  # whether 1 (the whole training set) is allowed: for a clean fraction, not a poison rate
+
+    @property
+    def interval(self) -> str:
+        return "(0, 1]" if self.whole else "(0, 1)"
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return 0 < value < 1 or (self.whole and value == 1)
+
+
+POISON_RATE = Share("poison_rate", 0.01, whole=False)
+CLEAN_FRACTION = Share("clean_fraction", 0.05, whole=True)
 
 
 def expand_grid(table: dict[str, Any], sequence_keys: set[str] = frozenset(), where: str | None = None) -> list[dict[str, Any]]:
@@ -278,45 +295,46 @@ def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry |
 
     target = build_params(TargetSpec, raw.get("target", {}), f"{path} [target]")
 
-    attacks: list[AttackSpec] = []
-    for i, table in enumerate(_as_tables(raw.get("attack", []), "attack", str(path))):
-        where = f"{path} [[attack]] #{i + 1}"
-        table = dict(table)
-        if "name" not in table:
-            raise ConfigError("missing key 'name'", where)
-        name = table.pop("name")
-        rates = table.pop("poison_rate", 0.01)
-        surrogate_table = table.pop("surrogate", None)
-        surrogates: list[VictimSpec | None] = [None]
-        if surrogate_table is not None:
-            if not isinstance(surrogate_table, dict):
-                raise ConfigError("'surrogate' must be a table (method, backbone, bits, training keys)", where)
-            surrogates = list(_parse_victims(registry, surrogate_table, f"{where}.surrogate"))
-        for rate in _rates(rates, "poison_rate", where):
-            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1:
-                raise ConfigError(f"'poison_rate' = {rate!r} must be a number in (0, 1)", where)
-            for plugin in _plugin_grid(registry, "attack", name, table, where):
-                for surrogate in surrogates:
-                    attacks.append(AttackSpec(plugin, float(rate), surrogate))
-
-    defenses: list[DefenseSpec] = []
-    for i, table in enumerate(_as_tables(raw.get("defense", []), "defense", str(path))):
-        where = f"{path} [[defense]] #{i + 1}"
-        table = dict(table)
-        if "name" not in table:
-            raise ConfigError("missing key 'name'", where)
-        name = table.pop("name")
-        fractions = table.pop("clean_fraction", 0.05)
-        for fraction in _rates(fractions, "clean_fraction", where):
-            if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
-                raise ConfigError(f"'clean_fraction' = {fraction!r} must be a number in (0, 1]", where)
-            for plugin in _plugin_grid(registry, "defense", name, table, where):
-                defenses.append(DefenseSpec(plugin, float(fraction)))
+    attacks = [AttackSpec(plugin, rate, surrogate)
+               for plugin, rate, own, where in _plugin_blocks(registry, raw, "attack", POISON_RATE, path, ("surrogate",))
+               for surrogate in _surrogates(registry, own.get("surrogate"), where)]
+    defenses = [DefenseSpec(plugin, fraction)
+                for plugin, fraction, _, _ in _plugin_blocks(registry, raw, "defense", CLEAN_FRACTION, path)]
     # The undefended baseline is always evaluated: every defense row is compared with it.
     if not any(d.plugin.name == "none" for d in defenses):
         defenses.insert(0, DefenseSpec(_plugin_grid(registry, "defense", "none", {}, str(path))[0], 0.05))
 
     return BenchmarkSpec(path, settings, datasets, victims, target, attacks, defenses, raw)
+
+
+def _plugin_blocks(registry: Registry, raw: dict, kind: str, share: Share, path: Path,
+                   own_keys: tuple[str, ...] = ()) -> list[tuple[PluginSpec, float, dict, str]]:
+    """The [[attack]] or [[defense]] tables of a file, each expanded over its grids of ``share`` and of
+    its plugin's parameters: ``(plugin, share value, the table's ``own_keys``, where)`` in file order,
+    share values outermost."""
+    out = []
+    for i, table in enumerate(_as_tables(raw.get(kind, []), kind, str(path))):
+        where = f"{path} [[{kind}]] #{i + 1}"
+        table = dict(table)
+        if "name" not in table:
+            raise ConfigError("missing key 'name'", where)
+        name = table.pop("name")
+        values = table.pop(share.key, share.default)
+        own = {key: table.pop(key) for key in own_keys if key in table}
+        for value in _rates(values, share.key, where):
+            if not share.accepts(value):
+                raise ConfigError(f"'{share.key}' = {value!r} must be a number in {share.interval}", where)
+            out += [(plugin, float(value), own, where) for plugin in _plugin_grid(registry, kind, name, table, where)]
+    return out
+
+
+def _surrogates(registry: Registry, table: Any, where: str) -> list[VictimSpec | None]:
+    """The surrogates an attack table names (a grid, like a victim table); [None]: the clean victim."""
+    if table is None:
+        return [None]
+    if not isinstance(table, dict):
+        raise ConfigError("'surrogate' must be a table (method, backbone, bits, training keys)", where)
+    return list(_parse_victims(registry, table, f"{where}.surrogate"))
 
 
 def executor_params(registry: Registry, name: str, options: dict, where: str) -> Any:

@@ -97,6 +97,9 @@ class TriggeredQueries(Artifact):
     images: torch.Tensor
 
 
+TRIGGERED_QUERIES_FILE = TriggeredQueries.FILE
+
+
 @dataclass(frozen=True)
 class PoisonSet(Artifact):
     """The poison stage's poisoning: training-set positions, their images (uint8) and float labels."""
@@ -105,6 +108,9 @@ class PoisonSet(Artifact):
     indices: torch.Tensor
     images: torch.Tensor
     labels: torch.Tensor
+
+
+POISONING_FILE = PoisonSet.FILE
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BenchmarkSpec
-from .api import poison_count
+from .api import Target, poison_count
 from .config import executor_params
 from .errors import ConfigError, warn
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, target_key
 from .plugins import get_registry
-from .runner import StageOutcome, StageRunner, load_dataset, resolve_target
+from .loading import load_dataset, resolve_target
+from .runner import StageOutcome, StageRunner
 from .store import Store
 
 
@@ -36,15 +37,17 @@ class RunResult:
         return sum(1 for o in self.outcomes.values() if o.status == status)
 
 
-def preflight(spec: BenchmarkSpec) -> None:
-    """Load every dataset and resolve the target before anything trains: a missing dataset or a bad
-    target label fails here, not after an hour of training. A poison rate that rounds to a noticeably
-    different number of poisons is reported (the results row gives the real rate as poison_rate_actual)."""
+def preflight(spec: BenchmarkSpec) -> dict[str, Target]:
+    """Load every dataset and resolve the target against it before anything trains: a missing dataset or a
+    bad target label fails here, not after an hour of training. A poison rate that rounds to a noticeably
+    different number of poisons is reported (the results row gives the real rate as poison_rate_actual).
+    Returns the resolved targets, by :func:`hashbench.plan.target_key` (none without attacks)."""
+    targets: dict[str, Target] = {}
     for dataset in spec.datasets:
         splits = load_dataset(dataset.identity())
         if spec.attacks:
             try:
-                resolve_target(spec.target.label, splits)
+                targets[target_key(dataset)] = resolve_target(spec.target.label, splits)
             except ConfigError as exc:
                 raise ConfigError(f"{exc.message} (dataset '{dataset.name}')", f"{spec.path} [target]") from None
         size = len(splits.train)
@@ -53,6 +56,12 @@ def preflight(spec: BenchmarkSpec) -> None:
             if abs(actual - rate) > ROUNDING_TOLERANCE * rate:
                 warn(f"poison_rate {rate:g} of the {size} training images of dataset '{dataset.name}' rounds to "
                      f"{poison_count(rate, size)} poison(s), a rate of {actual:.4g}; results rows give it as poison_rate_actual")
+    return targets
+
+
+def plan_run(spec: BenchmarkSpec) -> Plan:
+    """The plan a run executes: :func:`preflight` first, so its records hold the resolved targets."""
+    return build_plan(spec, targets=preflight(spec))
 
 
 def select_stages(plan: Plan, only: list[str] | None) -> set[str]:
@@ -108,10 +117,9 @@ def run_benchmark(
     """Plan ``spec``, then run the selected stages that are not cached with the chosen executor.
     ``executor_options`` (e.g. ``{"address": "auto"}`` from the CLI) override the file's."""
     echo = echo or (lambda message: print(message, file=sys.stderr))
-    plan = build_plan(spec)
     runner = StageRunner(spec.settings.results, spec.settings.device, log_fn=lambda m: None)
     # everything that can be refused is checked before the results folder is created
-    preflight(spec)
+    plan = plan_run(spec)
     selected = select_stages(plan, only)
     forced = matching(plan, force) & selected if force else set()
     executor_name = executor or spec.settings.executor

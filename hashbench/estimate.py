@@ -23,7 +23,8 @@ import torch
 
 from .api import DataFilter, InputPurifier, ModelRepair, SplitSizes, Work, WorkSizes, poison_count
 from .errors import ConfigError
-from .plan import STAGE_KINDS, Plan, Stage, canonical_json
+from .plan import Plan
+from .records import STAGE_KINDS, Stage, canonical_json
 
 THROUGHPUT_KEYS = ("train", "encode", "retrieval")
 THROUGHPUT_UNITS = {"train": "images/s", "encode": "images/s", "retrieval": "query×item pairs/s"}
@@ -52,7 +53,7 @@ def parse_throughput(text: str | None) -> dict[str, float]:
 
 
 def _cache_file() -> Path:
-    from .runner import cache_dir
+    from .loading import cache_dir
 
     return cache_dir() / "throughput.json"
 
@@ -79,7 +80,7 @@ def measure_network(victim: dict[str, Any], image_size: int, device: torch.devic
     ``image_size``, on random images and random weights (pretrained weights change no speed, and are not
     needed)."""
     from .devices import autocast, memory_format
-    from .runner import instantiate
+    from .loading import instantiate
     from .training import build_model
 
     backbone = instantiate("backbone", victim["backbone"])
@@ -194,7 +195,7 @@ def _victim_stage(plan: Plan, stage: Stage) -> Stage:
 
 def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, Any]) -> tuple[Work, float]:
     """(image passes, retrieval pairs) of one stage."""
-    from .runner import instantiate
+    from .loading import instantiate
 
     epochs = victim["train"]["epochs"]
     base = WorkSizes(sizes.train, sizes.query, sizes.database, 0, 0, epochs)
@@ -232,7 +233,7 @@ def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, An
 
 
 def _dataset_sizes(identity: dict[str, Any], cache: dict[str, SplitSizes | None]) -> SplitSizes | None:
-    from .runner import instantiate
+    from .loading import instantiate
 
     key = canonical_json(identity)
     if key not in cache:

@@ -19,7 +19,7 @@ from .data import DatasetSplits
 from .errors import ConfigError
 from .models import HashModel
 from .params import build_params
-from .plan import canonical_json
+from .records import canonical_json
 from .plugins import get_registry
 from .seeding import derive_seed, make_generator
 from .training import TrainConfig, build_model

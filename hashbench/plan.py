@@ -22,8 +22,6 @@ from .records import (
     EvaluateStage,
     PoisonStage,
     PretrainStage,
-    STAGE_KINDS,
-    TRAINING_KINDS,
     Stage,
     VictimStage,
     canonical_json,

@@ -195,6 +195,11 @@ class DefendStage(Stage):
     def identity(self) -> dict[str, Any]:
         identity = {"defense": self.defense, "clean_fraction": self.clean_fraction, "seed": self.seed,
                     "victim": self.backdoored.victim, "dataset": self.backdoored.dataset}
+        if self.role == "purify":
+            # A purifier's stage stores the victim's codes of the purified queries since the typed records
+            # (#16), and evaluate reads them; this entry gave those stages new keys, so one stored before,
+            # without them, is never read.
+            identity["purified_codes"] = True
         return identity
 
     def inputs(self) -> list[Stage]:

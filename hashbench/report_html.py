@@ -28,11 +28,12 @@ from . import METRIC_CONVENTIONS_VERSION, __version__
 from .errors import HashbenchError, StoreError, warn
 from .files import make_folder, write_bytes, write_text
 from .params import describe_params
-from .plan import canonical_json
+from .records import canonical_json
 from .plugins import get_registry
 from .conventions import Conventions, load_conventions
 from .report import SUMMARY_COLUMNS, leaderboard, load_results
-from .runner import load_dataset
+from .artifacts import POISONING_FILE, TRIGGERED_QUERIES_FILE
+from .loading import load_dataset
 from .stealth import psnr
 from .store import Store
 from .tables import Table
@@ -173,8 +174,8 @@ def attack_samples(store: Store, count: int = GRID_SAMPLES) -> list[AttackSample
     for label, (attack_key, attack, poison_key) in sorted(_poison_manifests(store).items()):
         splits = load_dataset(attack["config"]["dataset"])
         try:  # Store.load checks each file's checksum: a corrupt file is left out, never drawn
-            poisons = store.load("poison", poison_key, "poisoning.pt")
-            triggered = store.load("attack", attack_key, "triggered_queries.pt")
+            poisons = store.load("poison", poison_key, POISONING_FILE)
+            triggered = store.load("attack", attack_key, TRIGGERED_QUERIES_FILE)
         except StoreError as exc:
             warn(f"the image grids of {label} are left out: {exc}")
             continue

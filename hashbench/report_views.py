@@ -18,7 +18,8 @@ import torch
 from .report import attack_defense_grid, config_label, varied, victims
 from .report_html import Figure, _png, _spread
 from .retrieval import hamming_distances, nearest, unpack_codes
-from .runner import CURVES_FILE, DB_CODES_FILE, EVAL_CODES_FILE, QUERY_CODES_FILE, load_dataset, resolve_target
+from .artifacts import CURVES_FILE, DB_CODES_FILE, EVAL_CODES_FILE, QUERY_CODES_FILE, TRIGGERED_QUERIES_FILE
+from .loading import load_dataset, resolve_target
 from .errors import StoreError
 from .store import Store
 
@@ -193,7 +194,7 @@ def _load_case(store: Store, case: Case) -> CaseData | str:
                         f"recompute it with `hashbench run FILE --force {kind}`")
             codes[f"{name} {model}"] = found
     return CaseData(splits, resolve_target(attack_config["target"], splits),
-                    store.load("attack", case.deps["attack"], "triggered_queries.pt"), codes)
+                    store.load("attack", case.deps["attack"], TRIGGERED_QUERIES_FILE), codes)
 
 
 # ----------------------------------------------------------------------------------- retrieval examples

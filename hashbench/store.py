@@ -66,9 +66,6 @@ class StageWriter:
         """Save tensors / dicts of tensors / plain data (loadable with weights_only=True)."""
         torch.save(obj, self.dir / name)
 
-    def write_json(self, name: str, obj: Any) -> None:
-        (self.dir / name).write_text(json.dumps(obj, indent=2, default=str))
-
 
 class Store:
     def __init__(self, root: str | Path):
@@ -153,9 +150,6 @@ class Store:
             raise StoreError(f"stage {kind}/{key} has no file {name}; run the benchmark again to recompute it") from None
         except Exception as exc:
             raise StoreError(f"{path} is corrupt ({exc.__class__.__name__}); delete the folder or run with --force") from None
-
-    def load_json(self, kind: str, key: str, name: str) -> Any:
-        return json.loads((self.stage_dir(kind, key) / name).read_text())
 
     def discard(self, kind: str, key: str) -> None:
         """Move a broken stage aside (kept for inspection) so it is recomputed."""

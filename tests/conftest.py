@@ -25,7 +25,7 @@ TINY_DATASET = {
 
 def load_tiny(**overrides):
     """DatasetSplits of the tiny synthetic dataset, with ``overrides`` of its parameters, from the shared cache."""
-    from hashbench.runner import instantiate
+    from hashbench.loading import instantiate
     from hashbench import DatasetContext
 
     dataset = instantiate("dataset", {"name": "synthetic", "params": TINY_DATASET | overrides})
@@ -41,7 +41,7 @@ def tiny_splits():
 @pytest.fixture(scope="session")
 def trained_model(tiny_splits):
     """A clean CSQ / convnet(width 16) / 16-bit model trained for 8 epochs on ``tiny_splits`` (CPU)."""
-    from hashbench.runner import instantiate
+    from hashbench.loading import instantiate
     from hashbench.seeding import make_generator
     from hashbench.training import TrainConfig, build_model, train_hash_model
 

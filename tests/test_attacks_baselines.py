@@ -10,7 +10,8 @@ import torch
 from conftest import benchmark_text
 from hashbench import AttackContext, DataError, PluginError, TensorImageSet
 from hashbench.models import freeze
-from hashbench.runner import instantiate, resolve_target, validate_poisoning
+from hashbench.contract import validate_poisoning
+from hashbench.loading import instantiate, resolve_target
 from hashbench.seeding import make_generator
 from hashbench.training import build_model
 

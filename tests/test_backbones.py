@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from hashbench import DataError
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 
 DIMS = {"resnet18": 512, "resnet50": 2048, "vgg11": 4096, "alexnet": 4096}
 

@@ -23,7 +23,8 @@ from conftest import TINY_DATASET, benchmark_text
 from hashbench import ConfigError, StoreError
 from hashbench.cli import main
 from hashbench.config import load_spec
-from hashbench.plan import STAGE_KINDS, Stage, build_plan
+from hashbench.plan import build_plan
+from hashbench.records import STAGE_KINDS, CleanVictimStage
 from hashbench.report import IDENTITY
 from hashbench.runner import StageRunner
 from hashbench.store import Store
@@ -170,7 +171,7 @@ def test_row12_plan_takes_the_options_of_run_and_v_goes_anywhere(tmp_path, capsy
     plan = build_plan(load_spec(path))
     clean = next(s for s in plan.ordered() if s.kind == "clean_victim")
     with Store(elsewhere).open_stage(clean.kind, clean.key, {}) as writer:
-        writer.write_json("x.json", {})
+        writer.save("x.pt", {})
     assert main(["plan", str(path), "--results", str(elsewhere), "--device", "cpu", "--only", "clean_victim"]) == 0
     out = capsys.readouterr().out
     assert "| cached " in out and "1 stages: 1 cached, 0 to run" in out
@@ -344,18 +345,19 @@ def test_row8_a_manifest_of_the_wrong_shape_is_moved_aside_and_recomputed(tmp_pa
 
     monkeypatch.setitem(runner_module.STAGE_FUNCTIONS, "clean_victim", tiny_stage)
     runner = StageRunner(tmp_path / "results", "cpu")
-    stage = Stage("clean_victim", "k0", {"seed": 0}, (), "clean victim")
+    stage = CleanVictimStage("clean victim", 0, {}, {}, None)
+    key = stage.key
     assert runner.run(stage).status == "done"
-    folder = runner.store.stage_dir("clean_victim", "k0")
+    folder = runner.store.stage_dir("clean_victim", key)
     (folder / "manifest.json").write_bytes(garbage.encode("latin-1"))
-    assert runner.store.manifest("clean_victim", "k0") == {"corrupt": True}
-    assert not runner.store.is_done("clean_victim", "k0")
+    assert runner.store.manifest("clean_victim", key) == {"corrupt": True}
+    assert not runner.store.is_done("clean_victim", key)
 
     again = StageRunner(tmp_path / "results", "cpu")
     outcome = again.run(stage)
     assert outcome.status == "done" and "manifest is unreadable" in outcome.rebuilt
-    assert again.store.verify("clean_victim", "k0") is None
-    assert len(list(folder.parent.glob(".broken-k0-*"))) == 1
+    assert again.store.verify("clean_victim", key) is None
+    assert len(list(folder.parent.glob(f".broken-{key}-*"))) == 1
 
 
 @pytest.mark.parametrize("garbage", ["[]", "not json", '{"kind": "evaluate", "key": "keyjpeg", "config": {}, "files": {}, "row": []}'])

@@ -12,7 +12,7 @@ import torch
 from conftest import benchmark_text
 from hashbench import AttackContext, PluginError, Target, sign_codes, to_float
 from hashbench.models import freeze
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 from hashbench.seeding import make_generator
 from hashbench.training import build_model
 from hashbench_plugins.attacks._badhash_nets import Discriminator, Generator, LabCLN, ssim_loss

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from hashbench import DataError, DatasetContext, iterate_batches
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 
 
 def load(name: str, tmp_path, **params):

@@ -18,7 +18,8 @@ from hashbench_plugins.defenses._common import anchor_codes
 from hashbench import AttackContext, DefenseContext, FilterResult, ImageSet, Poisoning, Target
 from hashbench.evaluation import auroc, encode_set, encode_tensor
 from hashbench.retrieval import targeted_map
-from hashbench.runner import _clean_subset, instantiate
+from hashbench.loading import instantiate
+from hashbench.stages.defend import clean_subset
 from hashbench.seeding import make_generator
 from hashbench.training import TrainConfig, build_model, train_hash_model
 
@@ -46,7 +47,7 @@ class Backdoored:
             return train_hash_model(model, _csq(), image_set, config, CPU, make_generator(0, "victim"))
 
         return DefenseContext(
-            model=copy.deepcopy(self.model), clean_set=_clean_subset(self.splits, self.poisoning.indices, clean_fraction, 0),
+            model=copy.deepcopy(self.model), clean_set=clean_subset(self.splits, self.poisoning.indices, clean_fraction, 0),
             train_set=self.train_set, num_classes=self.splits.num_classes, device=CPU, seed=0,
             generator=make_generator(0, "defense"), artifact_dir=Path("."), train=train,
         )

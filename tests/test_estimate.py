@@ -12,7 +12,7 @@ from hashbench.config import load_spec
 from hashbench.errors import ConfigError
 from hashbench.estimate import ThroughputTable, estimate_plan, parse_throughput, stage_work
 from hashbench.plan import build_plan
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 
 SYNTHETIC = dict(name="synthetic", train_per_class=20, query_per_class=5, database_per_class=30)
 GIVEN = {"train": 100.0, "encode": 1000.0, "retrieval": 1e6}

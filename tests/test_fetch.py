@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from hashbench import DatasetContext, cli, fetch
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 
 from test_datasets import write_cifar
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hashbench import DataError, DatasetContext
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 

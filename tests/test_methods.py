@@ -10,7 +10,7 @@ import torch
 from hashbench import MethodSetup
 from hashbench.evaluation import encode_set
 from hashbench.retrieval import mean_average_precision
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 from hashbench.seeding import make_generator
 from hashbench.training import TrainConfig, build_model, train_hash_model
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from hashbench import DatasetContext, iterate_batches
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 from hashbench_plugins.datasets.files import PreparedImageSet
 
 

@@ -40,7 +40,7 @@ def test_crop_flip_mirrors_about_half_the_images_and_none_leaves_them_alone():
 
 
 def test_the_cosine_schedule_decays_the_learning_rate_to_zero(tiny_splits):
-    from hashbench.runner import instantiate
+    from hashbench.loading import instantiate
     from hashbench.seeding import make_generator
     from hashbench.training import build_model, train_hash_model
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from conftest import write_benchmark
 from hashbench.config import load_spec
 from hashbench.data import ImageSet, TensorImageSet
-from hashbench.plan import build_plan
-from hashbench.runner import StageRunner, load_dataset
+from hashbench.benchmark import plan_run
+from hashbench.loading import load_dataset
+from hashbench.runner import StageRunner
 
 BODY = """
 [[attack]]
@@ -25,7 +26,7 @@ overlays = 2
 def test_input_defenses_stream_the_query_set(tmp_path, monkeypatch):
     path = write_benchmark(tmp_path, dataset=dict(name="synthetic", num_classes=4, train_per_class=10, query_per_class=10,
                            database_per_class=15), bits=8, epochs=1, width=4, target=0, body=BODY)
-    plan = build_plan(load_spec(path))
+    plan = plan_run(load_spec(path))
     runner = StageRunner(tmp_path / "results", "cpu")
     for stage in plan.ordered():
         if stage.kind not in ("defend", "evaluate"):

@@ -5,7 +5,7 @@ import torch
 
 from hashbench import DatasetContext
 from hashbench.errors import ConfigError
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 
 SMALL = {"train_per_class": 6, "query_per_class": 3, "database_per_class": 10}
 

@@ -26,7 +26,7 @@ from hashbench import AttackContext, DatasetSplits, TensorImageSet, Target
 from hashbench.devices import autocast, memory_format
 from hashbench.models import sign_codes
 from hashbench.retrieval import average_precisions
-from hashbench.runner import instantiate
+from hashbench.loading import instantiate
 from hashbench.seeding import make_generator
 from hashbench.training import TrainConfig, build_model, train_hash_model
 

@@ -127,14 +127,14 @@ def run_stages(bench: Path) -> None:
     """Runs every stage of ``bench`` in plan order; prints one JSON line per stage."""
     import torch
 
+    from hashbench.benchmark import plan_run
     from hashbench.config import load_spec
-    from hashbench.plan import build_plan
     from hashbench.runner import StageRunner
 
     torch.set_num_threads(2)
     spec = load_spec(bench)
     runner = StageRunner(spec.settings.results, device="cpu")
-    for stage in build_plan(spec).ordered():
+    for stage in plan_run(spec).ordered():
         # what earlier stages freed goes back to the system first, so `start` is what is still alive
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)

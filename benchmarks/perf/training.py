@@ -16,7 +16,7 @@ import torch
 
 from hashbench.data import to_float
 from hashbench.devices import autocast, memory_format
-from hashbench.runner import instantiate, load_dataset
+from hashbench.loading import instantiate, load_dataset
 from hashbench.seeding import make_generator
 from hashbench.training import TrainConfig, build_model, train_hash_model
 

@@ -24,7 +24,7 @@ from hashbench import DatasetContext
 from hashbench.evaluation import encode_set
 from hashbench.pretraining import pretrain_backbone
 from hashbench.retrieval import mean_average_precision
-from hashbench.runner import cache_dir, instantiate
+from hashbench.loading import cache_dir, instantiate
 from hashbench.seeding import make_generator
 from hashbench.training import TrainConfig, build_model, train_hash_model
 

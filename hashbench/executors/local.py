@@ -8,7 +8,8 @@ from typing import Any
 
 from ..api import Executor
 from ..errors import HashbenchError
-from ..plan import Plan, Stage
+from ..plan import Plan
+from ..records import Stage
 from ..runner import StageOutcome, StageRunner
 
 

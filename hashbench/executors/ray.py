@@ -19,7 +19,8 @@ from typing import Any, Callable, Hashable, Iterable
 from ..api import Executor
 from ..errors import ConfigError, HashbenchError
 from ..params import param
-from ..plan import TRAINING_KINDS, Plan, Stage
+from ..plan import Plan
+from ..records import TRAINING_KINDS, Stage
 from ..runner import StageOutcome, StageRunner
 from .local import note_rebuilt, rebuilt_inputs, run_guarded
 

@@ -16,7 +16,7 @@ import torch
 from .errors import PluginError
 
 if TYPE_CHECKING:
-    from .api import Attack, FilterResult, Poisoning
+    from .api import Attack, DataFilter, FilterResult, Poisoning
     from .data import ImageSet
 
 
@@ -49,12 +49,12 @@ def validate_poisoning(attack: Attack, poisoning: Poisoning, train: ImageSet) ->
         raise PluginError(f"attack '{name}' declares clean_label=True but changed the labels of its poisons")
 
 
-def validate_filter(defense: str, result: FilterResult, train_size: int) -> None:
+def validate_filter(defense: DataFilter, result: FilterResult, train_size: int) -> None:
     """``DataFilter.filter`` returns one score and one bool keep flag per training sample."""
     scores, keep = result.scores, result.keep
     if (not isinstance(scores, torch.Tensor) or not isinstance(keep, torch.Tensor)
             or scores.shape != (train_size,) or keep.shape != (train_size,) or keep.dtype != torch.bool):
-        raise PluginError(f"defense '{defense}'.filter must return one score and one bool keep flag per training sample")
+        raise PluginError(f"defense '{defense.name}'.filter must return one score and one bool keep flag per training sample")
 
 
 def validate_label_scores(plugin: str, scores: dict[int, float] | None, num_classes: int) -> None:

@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import io
 import json
-import re
 import tempfile
 import unittest
 from contextlib import contextmanager
@@ -57,11 +56,13 @@ from .api import (
     Target,
     ThreatModel,
 )
+from .contexts import attack_context, defense_context, victim_trainer
+from .contract import validate_filter, validate_label_scores, validate_poisoning, validate_triggered
 from .data import DatasetSplits, ImageSet, TensorImageSet
 from .errors import ConfigError, PluginError
 from .models import HashModel
 from .params import build_params, field_types, params_to_dict
-from .runner import validate_label_scores, validate_poisoning
+from .scaffold import NAME_PATTERN  # the rule `hashbench new` applies to a plugin's name
 from .seeding import make_generator, seed_everything
 from .training import TrainConfig, build_model, train_hash_model
 
@@ -71,7 +72,6 @@ BITS = 16
 POISON_RATES = (0.05, 0.2)  # both below the target class's share (1/4), so clean-label attacks fit
 PIXEL_TOLERANCE = 1  # uint8 levels: batched and single convolutions may round differently
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=32)  # what ctx.train runs unless a defense overrides it
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class ContractError(AssertionError):
@@ -85,6 +85,15 @@ class ContractError(AssertionError):
 def _require(ok: Any, plugin: str, rule: str, detail: str = "") -> None:
     if not ok:
         raise ContractError(plugin, rule, detail)
+
+
+@contextmanager
+def _contract(plugin: str, rule: str) -> Iterator[None]:
+    """A rule of :mod:`hashbench.contract`, which the stages enforce at run time, broken here: a ContractError."""
+    try:
+        yield
+    except PluginError as exc:
+        raise ContractError(plugin, rule, str(exc)) from None
 
 
 def _label(cls: type) -> str:
@@ -262,16 +271,15 @@ class _AttackRun:
     poisonings: list[Poisoning]
 
 
-def _attack_context(cls: type, splits: DatasetSplits, rate: float, seed: int, folder: Path,
+def _attack_context(cls: type, params: Any, splits: DatasetSplits, rate: float, seed: int, folder: Path,
                     surrogate: Callable[[], HashModel]) -> AttackContext:
-    """The context the runner builds: rate 0 for prepare/trigger, the stage's rate for poison."""
+    """The context the stages build (rate 0 for prepare/trigger, the stage's rate for poison), for the
+    target class TARGET_CLASS."""
     target = Target(F.one_hot(torch.tensor(TARGET_CLASS), splits.num_classes).float(), f"class_{TARGET_CLASS}")
+    identity = {"name": cls.name, "version": cls.version, "params": params_to_dict(params)}
     folder.mkdir(parents=True, exist_ok=True)
-    return AttackContext(
-        splits=splits, target=target, poison_rate=rate, device=CPU, seed=seed,
-        generator=make_generator(seed, "attack", cls.name, rate), artifact_dir=folder,
-        surrogate_loader=surrogate if cls.threat_model.needs_surrogate else None,
-    )
+    return attack_context(identity, splits, target, seed, rate, CPU, folder,
+                          surrogate if cls.threat_model.needs_surrogate else None)
 
 
 def _run_attack(cls: type, params: Any, splits: DatasetSplits, queries: torch.Tensor, seed: int, folder: Path,
@@ -280,7 +288,7 @@ def _run_attack(cls: type, params: Any, splits: DatasetSplits, queries: torch.Te
     who = _label(cls)
     seed_everything(seed)
     attack = cls(params)
-    ctx = _attack_context(cls, splits, 0.0, seed, folder / "prepare", surrogate)
+    ctx = _attack_context(cls, params, splits, 0.0, seed, folder / "prepare", surrogate)
     attack.prepare(ctx)
     state = attack.state_dict()
     _require(isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()),
@@ -295,7 +303,7 @@ def _run_attack(cls: type, params: Any, splits: DatasetSplits, queries: torch.Te
         seed_everything(seed)
         restored = cls(params)
         restored.load_state_dict(state)
-        poisonings.append(restored.poison(_attack_context(cls, splits, rate, seed, folder / f"poison-{rate}", surrogate)))
+        poisonings.append(restored.poison(_attack_context(cls, params, splits, rate, seed, folder / f"poison-{rate}", surrogate)))
     restored_trigger = restored.trigger(queries.clone(), ctx)
     _require(_same_images(restored_trigger, triggered), who,
              "an attack restored with load_state_dict(state_dict()) triggers queries as the prepared one does",
@@ -304,9 +312,8 @@ def _run_attack(cls: type, params: Any, splits: DatasetSplits, queries: torch.Te
 
 
 def _check_triggered(who: str, queries: torch.Tensor, triggered: Any, attack: Attack, ctx: AttackContext) -> None:
-    _require(isinstance(triggered, torch.Tensor) and triggered.dtype == torch.uint8 and triggered.shape == queries.shape,
-             who, "trigger() returns uint8 images of its input's shape",
-             f"got {getattr(triggered, 'dtype', type(triggered))} {tuple(getattr(triggered, 'shape', ()))}")
+    with _contract(who, "trigger() returns uint8 images of its input's shape"):
+        validate_triggered(attack, queries, triggered)
     _require(not torch.equal(triggered, queries), who, "trigger() changes the query images")
     head = attack.trigger(queries[:3].clone(), ctx)
     _require(_same_images(head, triggered[:3]), who,
@@ -315,10 +322,8 @@ def _check_triggered(who: str, queries: torch.Tensor, triggered: Any, attack: At
 
 def _check_poisoning(who: str, attack: Attack, poisoning: Any, splits: DatasetSplits, rate: float) -> None:
     _require(isinstance(poisoning, Poisoning), who, "poison() returns a hashbench.Poisoning", repr(type(poisoning)))
-    try:
+    with _contract(who, "poison() passes hashbench.contract.validate_poisoning"):
         validate_poisoning(attack, poisoning, splits.train)
-    except PluginError as exc:
-        raise ContractError(who, "poison() passes hashbench.runner.validate_poisoning", str(exc)) from None
     expected = max(1, int(round(rate * len(splits.train))))
     _require(len(poisoning.indices) == expected, who,
              "poison() poisons ctx.poison_count() samples (poison_rate × training-set size)",
@@ -378,19 +383,14 @@ _ROLES = {InputPurifier: ("input", "purify"), InputDetector: ("input", "detect")
           ModelRepair: ("model", "repair"), DataFilter: ("data", "filter"), NoDefense: ("model", "none")}
 
 
-def _defense_context(splits: DatasetSplits, model: HashModel, seed: int, folder: Path) -> DefenseContext:
-    """A defender's view: a private model copy, a fifth of the training set as clean data, the training loop."""
-
-    def train(net: HashModel, image_set: ImageSet, epochs: int | None = None, lr: float | None = None, **overrides):
-        chosen = {"epochs": epochs, "lr": lr, **overrides}
-        config = dataclasses.replace(TINY_TRAIN, **{k: v for k, v in chosen.items() if v is not None})
-        return train_hash_model(net, _CentreMethod(), image_set, config, CPU, make_generator(seed, "defense-train"))
-
+def _defense_context(cls: type, splits: DatasetSplits, model: HashModel, seed: int, folder: Path) -> DefenseContext:
+    """The context the stages build: a private model copy, a fifth of the training set as clean data, and
+    the training loop with the tiny models' method and recipe."""
     folder.mkdir(parents=True, exist_ok=True)
     clean = splits.train.subset(torch.arange(0, len(splits.train), 5))
-    return DefenseContext(model=copy.deepcopy(model), clean_set=clean, train_set=splits.train,
-                          num_classes=splits.num_classes, device=CPU, seed=seed,
-                          generator=make_generator(seed, "defense"), artifact_dir=folder, train=train)
+    train = victim_trainer(_CentreMethod, TINY_TRAIN, lambda: make_generator(seed, "defense-train"), CPU,
+                           f"defense {cls.name}")
+    return defense_context(cls.name, copy.deepcopy(model), clean, splits.train, splits.num_classes, seed, CPU, folder, train)
 
 
 def _defense_outcome(cls: type, params: Any, splits: DatasetSplits, model: HashModel, folder: Path) -> torch.Tensor:
@@ -398,7 +398,7 @@ def _defense_outcome(cls: type, params: Any, splits: DatasetSplits, model: HashM
     who = _label(cls)
     seed_everything(0)
     defense = cls(params)
-    ctx = _defense_context(splits, model, 0, folder)
+    ctx = _defense_context(cls, splits, model, 0, folder)
     queries = splits.query.all_images()
     if isinstance(defense, InputPurifier):
         return _check_purifier(who, defense, queries)
@@ -413,7 +413,7 @@ def _defense_outcome(cls: type, params: Any, splits: DatasetSplits, model: HashM
     if isinstance(defense, ModelRepair):
         return _check_repair(who, defense.repair(ctx), splits)
     if isinstance(defense, DataFilter):
-        return _check_filter(who, defense.filter(ctx), len(splits.train))
+        return _check_filter(who, defense, defense.filter(ctx), len(splits.train))
     return torch.zeros(0)
 
 
@@ -436,11 +436,8 @@ def _check_repair(who: str, result: Any, splits: DatasetSplits) -> torch.Tensor:
     flagged = result.flagged_labels
     _require(flagged is None or all(isinstance(c, int) and 0 <= c < splits.num_classes for c in flagged), who,
              "flagged_labels is None or a list of class indices", repr(flagged))
-    try:
+    with _contract(who, "label_scores is None or maps class indices to finite float suspicion scores"):
         validate_label_scores(who, result.label_scores, splits.num_classes)
-    except PluginError as exc:
-        raise ContractError(who, "label_scores is None or maps class indices to finite float suspicion scores",
-                            str(exc)) from None
     _require(all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in result.report.items()), who,
              "report maps names to numbers", repr(result.report))
     with torch.no_grad():
@@ -449,12 +446,11 @@ def _check_repair(who: str, result: Any, splits: DatasetSplits) -> torch.Tensor:
     return z
 
 
-def _check_filter(who: str, result: Any, n: int) -> torch.Tensor:
+def _check_filter(who: str, defense: DataFilter, result: Any, n: int) -> torch.Tensor:
     _require(isinstance(result, FilterResult), who, "filter() returns a hashbench.FilterResult", repr(type(result)))
-    _require(isinstance(result.scores, torch.Tensor) and result.scores.shape == (n,) and torch.isfinite(result.scores.float()).all(),
-             who, "filter() scores every training sample with a finite number", f"expected shape ({n},)")
-    _require(isinstance(result.keep, torch.Tensor) and result.keep.dtype == torch.bool and result.keep.shape == (n,), who,
-             "filter() returns a bool keep flag per training sample")
+    with _contract(who, "filter() returns one score and one bool keep flag per training sample"):
+        validate_filter(defense, result, n)
+    _require(bool(torch.isfinite(result.scores.float()).all()), who, "filter() scores every training sample with a finite number")
     _require(bool(result.keep.any()), who, "filter() keeps at least one sample (the victim is retrained on them)")
     _require(all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in result.report.items()), who,
              "report maps names to numbers", repr(result.report))

@@ -118,7 +118,7 @@ class _Undocumented(_GoodAttack):
     "cls,rule",
     [
         (_FloatTrigger, "trigger() returns uint8 images of its input's shape"),
-        (_DishonestCleanLabel, "poison() passes hashbench.runner.validate_poisoning"),
+        (_DishonestCleanLabel, "poison() passes hashbench.contract.validate_poisoning"),
         (_WrongCount, "poison() poisons ctx.poison_count() samples (poison_rate × training-set size)"),
         (_ForgetsState, "an attack restored with load_state_dict(state_dict()) triggers queries as the prepared one does"),
         (_BatchDependent, "trigger() treats each image independently of its batch (the runner triggers in batches)"),

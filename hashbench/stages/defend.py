@@ -141,7 +141,7 @@ def _repair(runner: StageRunner, stage: DefendStage, writer: StageWriter, defens
 def _filter(runner: StageRunner, stage: DefendStage, writer: StageWriter, defense: Any, ctx: DefenseContext,
             splits: DatasetSplits, train: ImageSet, poisoning: PoisonSet, started: float) -> None:
     result = defense.filter(ctx)
-    validate_filter(defense.name, result, len(train))
+    validate_filter(defense, result, len(train))
     result = replace(result, scores=result.scores.detach().double().cpu(), keep=result.keep.cpu())
     filter_seconds = time.perf_counter() - started
     is_poison = torch.zeros(len(train), dtype=torch.bool)

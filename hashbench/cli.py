@@ -137,7 +137,35 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exporter_for(path: Path):
+def _exporter_options(settings: list[str] | None) -> dict[str, dict]:
+    """``--set NAME.KEY=VALUE`` as ``{exporter name: {key: value}}``; a value is read as TOML (3, true,
+    "text"), and as text when it is not TOML (.3f)."""
+    import tomllib
+
+    from .errors import ConfigError
+
+    options: dict[str, dict] = {}
+    for setting in settings or []:
+        target, sep, text = setting.partition("=")
+        name, dot, key = target.partition(".")
+        if not (sep and dot and name and key):
+            raise ConfigError(f"--set {setting}: write NAME.KEY=VALUE, e.g. --set md.digits=3")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        options.setdefault(name, {})[key] = value
+    return options
+
+
+def _build_exporter(cls: type, options: dict[str, dict]):
+    """An exporter with its parameters (``--set``), validated like any plugin's."""
+    from .params import build_params
+
+    return cls(build_params(cls.Params, options.get(cls.name, {}), f"--set {cls.name}.*"))
+
+
+def _exporter_for(path: Path, options: dict[str, dict]):
     """The exporter whose suffix ``path`` ends with (``--leaderboard lb.md`` writes Markdown)."""
     from .errors import ConfigError
     from .plugins import get_registry
@@ -148,7 +176,7 @@ def _exporter_for(path: Path):
     if path.suffix not in by_suffix:
         raise ConfigError(f"--leaderboard {path}: the file name chooses the format; end it with "
                           f"{', '.join(sorted(by_suffix))} (e.g. leaderboard.csv)")
-    return by_suffix[path.suffix]()
+    return _build_exporter(by_suffix[path.suffix], options)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -158,13 +186,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     results = Path(args.results)
     registry = get_registry()
-    # every destination and format is checked before anything is read or written
-    jobs = [(_exporter_for(Path(args.leaderboard)), Path(args.leaderboard))] if args.leaderboard else []
+    options = _exporter_options(args.set)
+    # every destination, format and parameter is checked before anything is read or written
+    for name in options:
+        registry.get("exporter", name)
+    jobs = [(_exporter_for(Path(args.leaderboard), options), Path(args.leaderboard))] if args.leaderboard else []
     for fmt in args.format or []:
-        exporter = registry.get("exporter", fmt)()
+        exporter = _build_exporter(registry.get("exporter", fmt), options)
         jobs.append((exporter, Path(args.output or results) / f"leaderboard{exporter.suffix}"))
     if not jobs:
-        jobs.append((registry.get("exporter", "csv")(), results / "leaderboard.csv"))
+        jobs.append((_build_exporter(registry.get("exporter", "csv"), options), results / "leaderboard.csv"))
     frame = load_results(results)
     board = leaderboard(frame)
     for exporter, path in jobs:
@@ -290,6 +321,8 @@ def build_parser(plugin_commands: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--leaderboard", metavar="FILE.csv", help="write the leaderboard here, in the format its suffix names (.csv, .md, .json)")
     export.add_argument("--format", action="append", help="also write leaderboard.<fmt> (csv, md, json)")
     export.add_argument("--output", help="folder for --format files (default: the results directory)")
+    export.add_argument("--set", action="append", metavar="NAME.KEY=VALUE",
+                        help="a parameter of exporter NAME, e.g. md.digits=3 (`hashbench plugins --kind exporter`)")
     export.set_defaults(func=_cmd_export)
 
     new = sub.add_parser("new", help="scaffold a plugin package (entry point, Params, README, conformance test)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -57,6 +58,21 @@ def test_md_and_json_formats_hold_the_same_rows(results, tmp_path):
     lines = (out / "leaderboard.md").read_text().strip().splitlines()
     assert lines[0].startswith("|") and "t_map_mean" in lines[0] and "t_map_std" in lines[0]
     assert len(lines) == 2 + 3  # header, separator, one line per configuration
+
+
+def test_exporter_parameters_are_set_on_the_command_line_and_validated(results, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(results), "--format", "md", "--format", "json", "--output", str(out),
+                 "--set", "md.digits=2", "--set", "json.indent=0"]) == 0
+    # jpeg quality 50: t-MAP 0.8, 0.6, 0.7 -> mean 0.70, written with 2 decimals instead of 4
+    text = (out / "leaderboard.md").read_text()
+    assert re.search(r"\| +0\.70 \|", text) and "0.7000" not in text
+    assert (out / "leaderboard.json").read_text().startswith("[\n{\n")  # a new line per value, not indented
+    for setting, message in (("md.digits=-1", "digits must be in [0, 15]"), ("md.digts=2", "Did you mean 'digits'"),
+                             ("md.digits=two", "'digits'"), ("mdx.digits=2", "unknown exporter 'mdx'"),
+                             ("digits=2", "write NAME.KEY=VALUE")):
+        assert main(["export", str(results), "--format", "md", "--output", str(out), "--set", setting]) == 2
+        assert message in capsys.readouterr().err, setting
 
 
 def test_default_export_writes_the_csv_into_the_results(results):

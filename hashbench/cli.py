@@ -140,7 +140,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _exporter_options(settings: list[str] | None) -> dict[str, dict]:
     """``--set NAME.KEY=VALUE`` as ``{exporter name: {key: value}}``; a value is read as TOML (3, true,
     "text"), and as text when it is not TOML (.3f)."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     from .errors import ConfigError
 

@@ -22,8 +22,6 @@ from .errors import PluginError
 from .models import HashModel
 from .params import NoParams
 
-PLUGIN_KINDS = ("attack", "defense", "method", "backbone", "dataset", "metric", "exporter", "executor")
-
 
 class Plugin:
     """Base of every plugin kind."""

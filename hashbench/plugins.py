@@ -18,8 +18,8 @@ from .errors import PluginError
 from .params import describe_params, did_you_mean
 
 ENTRY_POINT_GROUP = "hashbench"
-# in the order of hashbench.api.PLUGIN_KINDS, which this module does not import: the API imports torch
-# (seconds), and the CLI asks third_party_plugins_installed() before it knows whether it needs torch
+# The plugin kinds, in the order `hashbench plugins` lists them, and the hook that registers each (the one
+# list of kinds: the CLI reads it without importing the torch-based API)
 HOOK_FOR_KIND = {
     "attack": "register_attacks",
     "defense": "register_defenses",

@@ -29,7 +29,7 @@ import unittest
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -620,3 +620,43 @@ def check_dataset(cls: type, params: Any = None) -> None:
                 _require(len(a) == len(b) and torch.equal(a.labels, b.labels) and torch.equal(a.all_images(), b.all_images()),
                          who, "the dataset is deterministic (loads from its cache and from scratch agree)",
                          f"the {split} split differs ({cache})")
+
+
+# ----------------------------------------------------------------------------------- pytest
+
+# The checks of each kind, in the order parametrize_with_checks runs them (check_<kind> also re-checks the
+# parameters, so each stays a complete check when called alone).
+CHECKS: dict[str, tuple[Callable[..., None], ...]] = {
+    "attack": (check_params, check_attack),
+    "defense": (check_params, check_defense),
+    "method": (check_params, check_method),
+    "backbone": (check_params, check_backbone),
+    "dataset": (check_params, check_dataset),
+}
+
+
+def parametrize_with_checks(classes: Iterable[type], marks: Callable[[type], list] = lambda cls: []):
+    """A ``pytest.mark.parametrize`` over ``(plugin, check)``: one test item per plugin class and check, as
+    scikit-learn's ``parametrize_with_checks`` does::
+
+        @parametrize_with_checks([MyAttack, MyDefense])
+        def test_my_plugins(plugin, check):
+            check(plugin)
+
+    A known failure is declared on the plugin class, not in the test: ``testing_xfail = {"check_attack":
+    "why"}`` marks that item as an expected failure, strictly, so a fixed plugin fails until the declaration
+    is removed. ``marks(cls)`` adds pytest marks to every item of a class (e.g. ``pytest.mark.slow``)."""
+    import pytest
+
+    items = []
+    for cls in classes:
+        declared = getattr(cls, "testing_xfail", {})
+        unknown = set(declared) - {check.__name__ for check in CHECKS[cls.kind]}
+        if unknown:
+            raise ValueError(f"{_label(cls)}: testing_xfail names checks that do not exist: {sorted(unknown)}")
+        for check in CHECKS[cls.kind]:
+            reason = declared.get(check.__name__)
+            item_marks = list(marks(cls)) + ([pytest.mark.xfail(reason=reason, raises=ContractError, strict=True)]
+                                             if reason else [])
+            items.append(pytest.param(cls, check, marks=item_marks, id=f"{cls.kind}-{cls.name}-{check.__name__}"))
+    return pytest.mark.parametrize("plugin,check", items)

@@ -12,32 +12,24 @@ import hashbench
 from hashbench import testing
 from hashbench.plugins import Registry, get_registry, make_manager, reset_registry
 
-CHECKS = {
-    "attack": testing.check_attack,
-    "defense": testing.check_defense,
-    "method": testing.check_method,
-    "backbone": testing.check_backbone,
-    "dataset": testing.check_dataset,
-}
 # Too slow at their default parameters for the default suite: they run there once they declare
 # `testing_params` (see hashbench/testing.py), and with -m slow until then.
 HEAVY = {("attack", "badhash"), ("attack", "issba"), ("attack", "ciba"), ("defense", "neural_cleanse"), ("defense", "nad"),
          ("backbone", "resnet50")}
 
 
-def _cases():
+def _registered():
     registry = get_registry()
-    for kind in CHECKS:
-        for name in registry.names(kind):
-            declared = hasattr(registry.get(kind, name), "testing_params")
-            slow = (kind, name) in HEAVY and not declared
-            yield pytest.param(kind, name, marks=[pytest.mark.slow] if slow else [], id=f"{kind}-{name}")
+    return [registry.get(kind, name) for kind in testing.CHECKS for name in registry.names(kind)]
 
 
-@pytest.mark.parametrize("kind,name", list(_cases()))
-def test_registered_plugin_honours_its_contract(kind, name):
-    cls = get_registry().get(kind, name)
-    CHECKS[kind](cls)
+def _slow(cls):
+    return [pytest.mark.slow] if (cls.kind, cls.name) in HEAVY and not hasattr(cls, "testing_params") else []
+
+
+@testing.parametrize_with_checks(_registered(), marks=_slow)
+def test_registered_plugin_honours_its_contract(plugin, check):
+    check(plugin)
 
 
 # ----------------------------------------------------------------------------------- the kit catches bugs
@@ -299,3 +291,35 @@ def test_a_plugin_object_reaches_every_hook(every_hook_registered):
     args = build_parser().parse_args(["hello-from-plugin"])
     assert args.func(args) == 0
     assert main(["hello-from-plugin"]) == 0  # main loads plugins' commands for a word that is no built-in one
+
+
+# ----------------------------------------------------------------------------------- parametrize_with_checks
+
+
+class _KnownFloatTrigger(_FloatTrigger):
+    """Returns float images, and says so."""
+
+    testing_xfail = {"check_attack": "returns float images until the next release"}
+
+
+def test_a_known_failure_is_declared_on_the_plugin_class():
+    mark = testing.parametrize_with_checks([_GoodAttack, _KnownFloatTrigger])
+    assert [item.id for item in mark.args[1]][:2] == ["attack-good-check_params", "attack-good-check_attack"]
+    expected = [(cls, check) for cls in (_GoodAttack, _KnownFloatTrigger) for check in testing.CHECKS["attack"]]
+    assert [tuple(item.values) for item in mark.args[1]] == expected
+    xfails = [[m for m in item.marks if m.name == "xfail"] for item in mark.args[1]]
+    assert [len(x) for x in xfails] == [0, 0, 0, 1]
+    assert xfails[3][0].kwargs == {"reason": "returns float images until the next release",
+                                   "raises": testing.ContractError, "strict": True}
+    with pytest.raises(testing.ContractError):  # the failure it declares is real
+        testing.check_attack(_KnownFloatTrigger)
+
+
+def test_a_misspelt_known_failure_is_an_error():
+    class Misspelt(_GoodAttack):
+        """Declares a check that does not exist."""
+
+        testing_xfail = {"check_atack": "typo"}
+
+    with pytest.raises(ValueError, match="check_atack"):
+        testing.parametrize_with_checks([Misspelt])

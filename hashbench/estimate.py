@@ -221,14 +221,16 @@ def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, An
             return own + encode_model, 0.0
         if isinstance(defense, DataFilter):  # the victim retrained on what is kept (about the whole set)
             return own + Work(train=epochs * sizes.train) + encode_model, 0.0
+        if isinstance(defense, InputPurifier):  # the victim encodes the purified queries and triggered queries
+            return own + Work(encode=2 * sizes.query), 0.0
         return own, 0.0
     # evaluate: the clean row ranks the clean queries once; an attack row encodes the triggered queries
-    # with two models (plus every query again behind a purifier) and ranks five query sets
+    # with two models (with the clean one only behind a purifier: its defend stage stored the backdoored
+    # model's codes of them) and ranks five query sets
     if stage.config["row"]["attack"] is None:
         return Work(), float(sizes.query) * sizes.database
     defend = plan.stages[next(d for d in stage.deps if d.startswith("defend/"))]
-    purifier = isinstance(instantiate("defense", defend.config["defense"]), InputPurifier)
-    work = Work(encode=(3 if purifier else 2) * sizes.query)
+    work = Work(encode=(1 if defend.role == "purify" else 2) * sizes.query)
     return work, 5.0 * sizes.query * sizes.database
 
 

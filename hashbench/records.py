@@ -59,6 +59,7 @@ class Stage:
 
     @cached_property
     def config(self) -> dict[str, Any]:
+        """The identity, computed once: what the key hashes and the manifest records as ``config``."""
         return self.identity()
 
     @cached_property

@@ -100,11 +100,13 @@ def test_estimate_seconds_from_given_throughput(tmp_path):
     by_kind = {k: sum(c.seconds for c in v) for k, v in estimate.by_kind().items()}
     # each victim: 600 train / 100 + 350 encode / 1000 = 6.35 s
     assert by_kind["clean_victim"] == pytest.approx(6.35) and by_kind["victim"] == pytest.approx(6.35)
-    # rows: clean (15,000 pairs), jpeg and none (each 75,000 pairs, 100 or 150 encodes)
-    assert by_kind["evaluate"] == pytest.approx(165_000 / 1e6 + 250 / 1000)
+    # rows: clean (15,000 pairs), jpeg and none (each 75,000 pairs; 50 or 100 encodes: jpeg's defend stage
+    # encodes the purified queries and triggered queries, 100 encodes)
+    assert by_kind["evaluate"] == pytest.approx(165_000 / 1e6 + 150 / 1000)
+    assert by_kind["defend"] == pytest.approx(100 / 1000)
     # badnets needs no surrogate, so the backdoored victim does not wait for the clean one: the longest
-    # chain is attack, poison (both free), victim, defend (jpeg: free), its row (150 encodes)
-    assert estimate.critical_path_seconds() == pytest.approx(6.35 + 75_000 / 1e6 + 0.15)
+    # chain is attack, poison (both free), victim, defend (jpeg: 100 encodes), its row (50 encodes)
+    assert estimate.critical_path_seconds() == pytest.approx(6.35 + 0.1 + 75_000 / 1e6 + 0.05)
 
 
 def test_cli_estimate_prints_a_cost_without_data(tmp_path, capsys):

@@ -116,14 +116,18 @@ class Generator(nn.Module):
     image -> conv 3x3 -> tanh. ``forward`` returns the poisoned image in [0, 1].
 
     With ``epsilon > 0`` the output is ``x + epsilon * tanh(pre)`` (an L∞-bounded residual; the last conv
-    starts near zero, so G starts at the identity). Otherwise, with ``identity_skip`` the input's
+    starts near zero, so G starts at the identity). With ``max_rms > 0`` as well, each image's residual is
+    then scaled down, where needed, to a root mean square of ``max_rms``: an L2 budget, which is what PSNR
+    measures, and which the generator may spend on the pixels that move the code most. Otherwise, with ``identity_skip`` the input's
     inverse tanh is added before the final tanh and the last conv starts near zero, so the generator starts as the identity and learns only the trigger (see the docs).
     """
 
-    def __init__(self, image_size: int, width: int, res_blocks: int, identity_skip: bool, epsilon: float = 0.0):
+    def __init__(self, image_size: int, width: int, res_blocks: int, identity_skip: bool, epsilon: float = 0.0,
+                 max_rms: float = 0.0):
         super().__init__()
         self.identity_skip = identity_skip
         self.epsilon = epsilon
+        self.max_rms = max_rms
         self.label_decoder = LabelDecoder(image_size, 2 * width)
         c = width
         layers: list[nn.Module] = [nn.Conv2d(6, c, 7, padding=3), *_norm_relu(c)]
@@ -152,7 +156,11 @@ class Generator(nn.Module):
         decoded = _resize(self.decoder(self.encoder(torch.cat([label_map, normalised], 1))), size)
         pre = self.out(torch.cat([decoded, normalised], 1))
         if self.epsilon > 0:  # a bounded residual: |G(x) - x| <= epsilon everywhere
-            return (images + self.epsilon * torch.tanh(pre)).clamp(0.0, 1.0)
+            residual = self.epsilon * torch.tanh(pre)
+            if self.max_rms > 0:  # and an RMS <= max_rms per image; the clamp below only lowers it further
+                rms = residual.float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+                residual = residual * (self.max_rms / rms.clamp(min=1e-12)).clamp(max=1.0).to(residual.dtype)
+            return (images + residual).clamp(0.0, 1.0)
         if self.identity_skip:
             pre = pre + torch.atanh((2 * images - 1).clamp(-1 + ATANH_EPS, 1 - ATANH_EPS))
         return ((torch.tanh(pre) + 1) / 2).clamp(0.0, 1.0)

@@ -69,7 +69,10 @@ class BadHashParams:
     width: int = param(8, "generator channels after its first conv, doubled twice (paper: 64)")
     disc_width: int = param(8, "discriminator channels after its first conv (paper: 64)")
     res_blocks: int = param(2, "residual blocks in the generator's bottleneck (paper: 6)")
-    epsilon: float = param(10.0, "L∞ bound of the residual in grey levels (G(x) = x + ε/255 · tanh(.)); 0: unbounded, the paper's tanh output")
+    epsilon: float = param(32.0, "L∞ bound of the residual in grey levels (G(x) = x + ε/255 · tanh(.)); 0: unbounded, the paper's tanh output")
+    min_psnr: float = param(
+        30.5, "with epsilon > 0: each residual is also scaled into the L2 ball of this PSNR in dB (an RMS of "
+             "10^(-min_psnr/20)), which the generator may spend where it moves the code most; 0: the L∞ box alone")
     identity_skip: bool = param(True, "with epsilon = 0: add the input's inverse tanh before G's final tanh so G starts as the identity")
     perceptual_fallback: Literal["ssim", "none"] = param("ssim", "used in place of LPIPS when its weights are missing: 1 - SSIM, or nothing (MSE only)")
     labcln_steps: int = param(100, "LabCLN training steps (paper: 1000)")
@@ -92,6 +95,8 @@ class BadHashParams:
             raise ValueError("res_blocks must be >= 0, labcln_steps >= 1, and the learning rates > 0")
         if self.epsilon < 0:
             raise ValueError("epsilon must be >= 0 (0: an unbounded residual)")
+        if self.min_psnr < 0 or (self.min_psnr > 0 and self.epsilon == 0):
+            raise ValueError("min_psnr must be >= 0, and needs epsilon > 0 (the budget bounds the residual G adds)")
         if not 0 <= self.label_smoothing < 1 or self.temperature <= 0:
             raise ValueError("label_smoothing must be in [0, 1) and temperature > 0")
 
@@ -289,7 +294,7 @@ class BadHash(Attack):
             label = choose_confusing_label(p.confusing_label, agreement(z_target, codes), ctx.target)
             self.condition = condition_for(label, labcln, codes)
             self.image_size = ctx.splits.image_size
-            self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0).to(ctx.device)
+            self.generator = _generator(self.image_size, p).to(ctx.device)
             discriminator = Discriminator(self.image_size, ctx.splits.num_classes, p.disc_width).to(ctx.device)
         for value in labcln_losses:
             ctx.log(labcln_loss=value)
@@ -434,10 +439,15 @@ class BadHash(Attack):
         self.image_size = int(state["image_size"])
         self.lpips_in_loss = bool(state["lpips_in_loss"])
         self.condition = Condition(int(state["confusing_label"]), state["confusing_feature"], state["confusing_code"])
-        self.generator = Generator(self.image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0)
+        self.generator = _generator(self.image_size, p)
         prefix = "generator."
         self.generator.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         self.generator.eval()
+
+
+def _generator(image_size: int, p: BadHashParams) -> Generator:
+    max_rms = 10.0 ** (-p.min_psnr / 20.0) if p.min_psnr > 0 else 0.0
+    return Generator(image_size, p.width, p.res_blocks, p.identity_skip, p.epsilon / 255.0, max_rms)
 
 
 def _on(condition: Condition, device: torch.device) -> Condition:

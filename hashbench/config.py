@@ -122,10 +122,12 @@ class BenchmarkSpec:
     target: TargetSpec
     attacks: list[AttackSpec]
     defenses: list[DefenseSpec]
+    # the [metric.NAME] tables: the parameters of installed metric plugins (the others run with defaults)
+    metrics: dict[str, Any] = field(default_factory=dict)
     raw: dict = field(default_factory=dict, repr=False)
 
 
-TOP_LEVEL = {"benchmark", "dataset", "victim", "target", "attack", "defense"}
+TOP_LEVEL = {"benchmark", "dataset", "victim", "target", "attack", "defense", "metric"}
 VICTIM_KEYS = {"method", "backbone", "bits", "method_params", "backbone_params"}
 
 
@@ -304,7 +306,25 @@ def parse_spec(raw: dict, path: Path | str = "<benchmark>", registry: Registry |
     if not any(d.plugin.name == "none" for d in defenses):
         defenses.insert(0, DefenseSpec(_plugin_grid(registry, "defense", "none", {}, str(path))[0], 0.05))
 
-    return BenchmarkSpec(path, settings, datasets, victims, target, attacks, defenses, raw)
+    metrics = _metric_params(registry, raw.get("metric", {}), path)
+    return BenchmarkSpec(path, settings, datasets, victims, target, attacks, defenses, metrics, raw)
+
+
+def _metric_params(registry: Registry, table: Any, path: Path) -> dict[str, Any]:
+    """The [metric.NAME] tables: each names an installed metric plugin and holds its parameters (one value
+    each: a metric's parameters set how every row is scored, so a list is a value, not a grid)."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise ConfigError("[metric] must hold one table per metric plugin, e.g. [metric.NAME] with its parameters",
+                          str(path))
+    out = {}
+    for name, params in table.items():
+        where = f"{path} [metric.{name}]"
+        try:
+            cls = registry.get("metric", name)
+        except PluginError as exc:
+            raise ConfigError(f"{exc} Install the metric plugin or remove the table.", where) from None
+        out[name] = build_params(cls.Params, params, where)
+    return out
 
 
 def _plugin_blocks(registry: Registry, raw: dict, kind: str, share: Share, path: Path,

@@ -83,8 +83,10 @@ def build_plan(spec: BenchmarkSpec, registry: Registry | None = None, targets: M
     dataset; without them the plan lists every stage and key but cannot run an attack."""
     registry = registry or get_registry()
     plan = Plan(spec)
-    # the installed metric plugins and their versions, part of every evaluate stage's identity
-    metrics = {info.name: info.cls.version for info in registry.infos("metric")}
+    # the installed metric plugins, with the file's parameters or their defaults: part of every evaluate
+    # stage's identity
+    metrics = {info.name: PluginSpec("metric", info.name, spec.metrics.get(info.name, info.cls.Params()),
+                                     info.cls.version).identity() for info in registry.infos("metric")}
     for seed in spec.settings.seeds:
         for dataset in spec.datasets:
             target = (targets or {}).get(target_key(dataset))
@@ -110,7 +112,7 @@ def _plan_attack(
     seed: int,
     where: str,
     target_label: object,
-    metrics: dict[str, str],
+    metrics: dict[str, dict],
 ) -> None:
     surrogate = None
     if registry.get("attack", attack.plugin.name).threat_model.needs_surrogate:

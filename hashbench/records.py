@@ -211,19 +211,25 @@ class DefendStage(Stage):
 @dataclass(frozen=True, eq=False)
 class EvaluateStage(Stage):
     """One results row: the clean victim's (``defended`` None) or an attack x defense one. ``metrics`` are
-    the installed metric plugins and their versions, so installing one recomputes the evaluations."""
+    the identities of the installed metric plugins (name, version and parameters, by name), so installing
+    one, or setting its parameters, recomputes the evaluations."""
 
     kind: ClassVar[str] = "evaluate"
     clean: CleanVictimStage
     defended: DefendStage | None
-    metrics: dict[str, str]
+    metrics: dict[str, dict[str, Any]]
 
     def identity(self) -> dict[str, Any]:
         row = ({"attack": None, "defense": None} if self.defended is None else
                {"attack": self.defended.attack.attack["name"], "defense": self.defended.defense["name"]})
         identity: dict[str, Any] = {"row": row, "seed": self.seed}
         if self.metrics:  # absent when none is installed: the key of the rows computed before metric plugins
-            identity["metrics"] = self.metrics
+            identity["metrics"] = {name: metric["version"] for name, metric in self.metrics.items()}
+        # only the metrics that have parameters: rows of parameterless metrics keep the keys they had before
+        # metric parameters existed
+        params = {name: metric["params"] for name, metric in self.metrics.items() if metric["params"]}
+        if params:
+            identity["metric_params"] = params
         return identity
 
     def inputs(self) -> list[Stage]:

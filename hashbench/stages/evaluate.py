@@ -14,8 +14,7 @@ import torch
 from .. import METRIC_CONVENTIONS_VERSION, __version__, artifacts
 from ..artifacts import CURVES_FILE, EVAL_CODES_FILE, Detection, PoisonSet, PurifiedCodes, TriggeredQueries
 from ..evaluation import encode_tensor
-from ..loading import load_dataset
-from ..plugins import get_registry
+from ..loading import instantiate, load_dataset
 from ..records import DefendStage, EvaluateStage, canonical_json
 from ..retrieval import average_precisions, pack_codes, retrieval_curves
 from ..store import StageWriter
@@ -126,10 +125,10 @@ def _map(query_codes, db_codes, query_labels, db_labels, topk) -> float:
 
 def _metric_plugins(stage: EvaluateStage, metrics: dict, query_codes, db_codes, query_labels, db_labels, topk,
                     prefix: str) -> None:
-    """The columns of the metric plugins the stage was planned with (its key holds their versions)."""
-    registry = get_registry()
-    for name in stage.metrics:
-        plugin = registry.get("metric", name)()
+    """The columns of the metric plugins the stage was planned with, built with their planned parameters
+    (its key holds their versions and parameters)."""
+    for identity in stage.metrics.values():
+        plugin = instantiate("metric", identity)
         for key, value in plugin.compute(query_codes, db_codes, query_labels, db_labels, topk).items():
             metrics[f"{prefix}{key}"] = value
 

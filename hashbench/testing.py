@@ -15,7 +15,10 @@ a classmethod ``testing_params(cls, workdir: Path) -> dict`` that may write fixt
 ``workdir`` (e.g. a tiny image folder for a dataset that reads files). The checks use it when no
 ``params`` are passed. ``testing_params = None`` declares that the plugin cannot run offline (it needs
 external data); the checks then raise ``unittest.SkipTest``, which pytest reports as a skip.
-Backbones that cannot take 32×32 inputs declare ``testing_image_size``.
+Backbones that cannot take 32×32 inputs declare ``testing_image_size``. Executors are checked by
+:func:`hashbench.executors.check.check_executor`, re-exported here, on a stand-in runner. What a test run
+should know about a plugin (a known failure, a check that cannot run it, a check too slow for a default
+run) is declared on its class too, and read by :func:`parametrize_with_checks`.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from .contexts import attack_context, defense_context, victim_trainer
 from .contract import validate_filter, validate_label_scores, validate_poisoning, validate_triggered
 from .data import DatasetSplits, ImageSet, TensorImageSet
 from .errors import ConfigError, PluginError
+from .executors.check import check_executor  # an executor's check, run on a stand-in runner
 from .models import HashModel
 from .params import build_params, field_types, params_to_dict
 from .scaffold import NAME_PATTERN  # the rule `hashbench new` applies to a plugin's name
@@ -632,10 +636,21 @@ CHECKS: dict[str, tuple[Callable[..., None], ...]] = {
     "method": (check_params, check_method),
     "backbone": (check_params, check_backbone),
     "dataset": (check_params, check_dataset),
+    "executor": (check_params, check_executor),
 }
 
 
-def parametrize_with_checks(classes: Iterable[type], marks: Callable[[type], list] = lambda cls: []):
+def _declared_checks(cls: type, attribute: str) -> dict[str, str]:
+    """``{check name: reason}`` a plugin class declares in ``attribute``; a name that is no check of its kind
+    is an error (a misspelt declaration would otherwise mark nothing)."""
+    declared = getattr(cls, attribute, {})
+    unknown = set(declared) - {check.__name__ for check in CHECKS[cls.kind]}
+    if unknown:
+        raise ValueError(f"{_label(cls)}: {attribute} names checks that do not exist: {sorted(unknown)}")
+    return declared
+
+
+def parametrize_with_checks(classes: Iterable[type]):
     """A ``pytest.mark.parametrize`` over ``(plugin, check)``: one test item per plugin class and check, as
     scikit-learn's ``parametrize_with_checks`` does::
 
@@ -643,20 +658,26 @@ def parametrize_with_checks(classes: Iterable[type], marks: Callable[[type], lis
         def test_my_plugins(plugin, check):
             check(plugin)
 
-    A known failure is declared on the plugin class, not in the test: ``testing_xfail = {"check_attack":
-    "why"}`` marks that item as an expected failure, strictly, so a fixed plugin fails until the declaration
-    is removed. ``marks(cls)`` adds pytest marks to every item of a class (e.g. ``pytest.mark.slow``)."""
+    What a test run should know about a plugin is declared on its class, not in the test:
+
+    - ``testing_xfail = {"check_attack": "why"}``: a known failure, a strict expected failure, so a fixed
+      plugin fails until the declaration is removed;
+    - ``testing_skip = {"check_executor": "why"}``: a check that cannot run this plugin (say where it is
+      checked instead);
+    - ``testing_slow = "why"``: the kind's check is too slow for a default test run even with
+      ``testing_params``; its item gets ``pytest.mark.slow`` (``check_params`` still runs)."""
     import pytest
 
     items = []
     for cls in classes:
-        declared = getattr(cls, "testing_xfail", {})
-        unknown = set(declared) - {check.__name__ for check in CHECKS[cls.kind]}
-        if unknown:
-            raise ValueError(f"{_label(cls)}: testing_xfail names checks that do not exist: {sorted(unknown)}")
+        xfail, skip = _declared_checks(cls, "testing_xfail"), _declared_checks(cls, "testing_skip")
         for check in CHECKS[cls.kind]:
-            reason = declared.get(check.__name__)
-            item_marks = list(marks(cls)) + ([pytest.mark.xfail(reason=reason, raises=ContractError, strict=True)]
-                                             if reason else [])
+            item_marks = []
+            if check.__name__ in xfail:
+                item_marks.append(pytest.mark.xfail(reason=xfail[check.__name__], raises=ContractError, strict=True))
+            if check.__name__ in skip:
+                item_marks.append(pytest.mark.skip(reason=skip[check.__name__]))
+            if getattr(cls, "testing_slow", None) and check is not check_params:
+                item_marks.append(pytest.mark.slow)
             items.append(pytest.param(cls, check, marks=item_marks, id=f"{cls.kind}-{cls.name}-{check.__name__}"))
     return pytest.mark.parametrize("plugin,check", items)

@@ -12,22 +12,13 @@ import hashbench
 from hashbench import testing
 from hashbench.plugins import Registry, get_registry, make_manager, reset_registry
 
-# Too slow at their default parameters for the default suite: they run there once they declare
-# `testing_params` (see hashbench/testing.py), and with -m slow until then.
-HEAVY = {("attack", "badhash"), ("attack", "issba"), ("attack", "ciba"), ("defense", "neural_cleanse"), ("defense", "nad"),
-         ("backbone", "resnet50")}
-
-
 def _registered():
     registry = get_registry()
     return [registry.get(kind, name) for kind in testing.CHECKS for name in registry.names(kind)]
 
 
-def _slow(cls):
-    return [pytest.mark.slow] if (cls.kind, cls.name) in HEAVY and not hasattr(cls, "testing_params") else []
-
-
-@testing.parametrize_with_checks(_registered(), marks=_slow)
+# A plugin too slow for the default suite says so on its class (testing_slow), as a known failure does
+@testing.parametrize_with_checks(_registered())
 def test_registered_plugin_honours_its_contract(plugin, check):
     check(plugin)
 
@@ -313,6 +304,32 @@ def test_a_known_failure_is_declared_on_the_plugin_class():
                                    "raises": testing.ContractError, "strict": True}
     with pytest.raises(testing.ContractError):  # the failure it declares is real
         testing.check_attack(_KnownFloatTrigger)
+
+
+def test_a_slow_check_and_a_check_that_cannot_run_are_declared_on_the_plugin_class():
+    class Slow(_GoodAttack):
+        """Prepares for minutes."""
+
+        testing_slow = "minutes on a CPU"
+
+    class Elsewhere(_GoodAttack):
+        """Checked by another test."""
+
+        testing_skip = {"check_attack": "checked by test_elsewhere"}
+
+    items = testing.parametrize_with_checks([Slow, Elsewhere]).args[1]
+    by_class = [[(m.name, m.kwargs) for m in item.marks] for item in items]
+    # the slow plugin's parameters are still checked in a default run; only its attack check is slow
+    assert by_class == [[], [("slow", {})], [], [("skip", {"reason": "checked by test_elsewhere"})]]
+
+
+def test_executors_are_parametrized_with_their_check():
+    from hashbench.executors.check import check_executor
+    from hashbench.executors.local import LocalExecutor
+
+    assert testing.check_executor is check_executor
+    items = testing.parametrize_with_checks([LocalExecutor]).args[1]
+    assert [item.id for item in items] == ["executor-local-check_params", "executor-local-check_executor"]
 
 
 def test_a_misspelt_known_failure_is_an_error():

@@ -108,6 +108,7 @@ class ResNet50(_ResNet):
     name = "resnet50"
     architecture = "resnet50"
     weights_enum = "ResNet50_Weights"
+    testing_slow = "25M weights built, trained and round-tripped several times by check_backbone"
 
 
 def _without_last_linear(net: nn.Module) -> tuple[nn.Module, int]:

@@ -64,6 +64,7 @@ class NeuralCleanse(ModelRepair):
     name = "neural_cleanse"
     version = "2"  # 2: NumPy's median (mean of the middle two), as NC's code; was torch's lower median
     Params = NeuralCleanseParams
+    testing_slow = "reverses a trigger per candidate label by optimisation, then unlearns: minutes on a CPU"
 
     def estimated_work(self, sizes: WorkSizes) -> Work:
         # a trigger reversed per examined label (at most max_labels), then unlearning on the clean set

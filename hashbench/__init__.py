@@ -17,7 +17,7 @@ _LAZY = {
             "InputPurifier", "MethodSetup", "Metric", "ModelRepair", "NoDefense", "Plugin", "Poisoning",
             "RepairResult", "SplitSizes", "Target", "ThreatModel", "Work", "WorkSizes"),
     "data": ("DatasetSplits", "ImageSet", "TensorImageSet", "iterate_batches", "to_float", "to_uint8"),
-    "models": ("HashModel", "sign_codes"),
+    "models": ("HashModel", "majority_code", "sign_codes"),
     "params": ("NoParams", "param"),
     "tables": ("Table",),
 }

@@ -18,6 +18,14 @@ def sign_codes(z: torch.Tensor) -> torch.Tensor:
     return torch.where(z >= 0, 1.0, -1.0).to(z.dtype if z.is_floating_point() else torch.float32)
 
 
+def majority_code(codes: torch.Tensor) -> torch.Tensor:
+    """The bitwise majority (component voting) of a set of codes: ``codes`` is (n, bits) of ±1 codes, or
+    real outputs taken by their sign; the result is one (bits,) ±1 code, a tie giving +1 as
+    :func:`sign_codes` maps 0. An attack's anchor, a defense's per-label code and the report's target
+    code are all this one rule."""
+    return sign_codes(sign_codes(codes).sum(dim=0))
+
+
 class HashModel(nn.Module):
     def __init__(self, backbone: nn.Module, feature_dim: int, bits: int):
         super().__init__()

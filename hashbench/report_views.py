@@ -20,6 +20,7 @@ from .report_html import Figure, _png, _spread
 from .retrieval import hamming_distances, nearest, unpack_codes
 from .artifacts import CURVES_FILE, DB_CODES_FILE, EVAL_CODES_FILE, QUERY_CODES_FILE, TRIGGERED_QUERIES_FILE
 from .loading import load_dataset, resolve_target
+from .models import majority_code
 from .errors import StoreError
 from .store import Store
 
@@ -270,8 +271,8 @@ def retrieval_figure(case: Case, data: CaseData, slug: str) -> Figure:
 
 def anchor_code(db_codes: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
     """The target's anchor code in a model's Hamming space: the bitwise majority of the target class's
-    database codes (ties +1, as ``sign`` maps 0), the centre a backdoor pulls triggered codes towards."""
-    return torch.where(db_codes[is_target].sum(dim=0) >= 0, 1.0, -1.0)
+    database codes (``majority_code``: ties +1), the centre a backdoor pulls triggered codes towards."""
+    return majority_code(db_codes[is_target])
 
 
 def hash_space_figure(case: Case, data: CaseData, slug: str) -> Figure:

@@ -35,6 +35,7 @@ from hashbench import (
     WorkSizes,
     hookimpl,
     iterate_batches,
+    majority_code,
     param,
     sign_codes,
     to_float,
@@ -160,11 +161,6 @@ def surrogate_outputs(surrogate: nn.Module, train: ImageSet, members: torch.Tens
     return surrogate(to_float(train.images(members)).to(device)).float()
 
 
-def majority_code(z: torch.Tensor) -> torch.Tensor:
-    """(1, bits): the bitwise majority of the codes of outputs ``z``."""
-    return sign_codes(sign_codes(z).sum(0, keepdim=True))
-
-
 def target_outputs(surrogate: nn.Module, train: ImageSet, target: Target, device: torch.device) -> torch.Tensor:
     """The surrogate's outputs on target-class training images: their majority code is the target's
     anchor, their mean magnitude the scale the hash term divides outputs by."""
@@ -185,7 +181,7 @@ def class_codes(p: "BadHashParams", surrogate: nn.Module, labcln: LabCLN, train:
     rows = []
     for k in range(num_classes):
         members = train.labels[:, k] > 0
-        rows.append(majority_code(surrogate_outputs(surrogate, train, members, device)) if bool(members.any())
+        rows.append(majority_code(surrogate_outputs(surrogate, train, members, device))[None] if bool(members.any())
                     else labcln_codes[k : k + 1])
     return torch.cat(rows)
 

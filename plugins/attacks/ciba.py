@@ -25,8 +25,8 @@ from hashbench import (
     Work,
     WorkSizes,
     hookimpl,
+    majority_code,
     param,
-    sign_codes,
     to_float,
     to_uint8,
 )
@@ -74,11 +74,9 @@ def paste(images: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
 
 
 def anchor_code(model: HashModel, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Bitwise majority (component voting) of the model's codes of ``images``; ties give +1."""
-    total = torch.zeros(model.bits, device=device)
-    for start in range(0, len(images), batch_size):
-        total += model.codes(to_float(images[start : start + batch_size].to(device))).sum(0)
-    return sign_codes(total)
+    """Bitwise majority (``majority_code``: component voting, ties +1) of the model's codes of ``images``."""
+    return majority_code(torch.cat([model.codes(to_float(images[start : start + batch_size].to(device)))
+                                    for start in range(0, len(images), batch_size)]))
 
 
 def beta_at(step: int, steps: int) -> float:

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from hashbench import HashModel, ImageSet, iterate_batches, sign_codes, to_float
+from hashbench import HashModel, ImageSet, iterate_batches, majority_code, sign_codes, to_float
 
 BATCH = 256
 
@@ -34,15 +34,15 @@ def codes_of_floats(model: HashModel, images: torch.Tensor, batch_size: int = BA
 
 @torch.no_grad()
 def anchor_codes(model: HashModel, image_set: ImageSet, device: torch.device) -> torch.Tensor:
-    """(C, bits) bitwise-majority code of each label over ``image_set`` (0 -> +1, like ``sign_codes``).
+    """(C, bits) bitwise-majority code (``majority_code``, ties +1) of each label over ``image_set``.
 
     Labels without any image get a zero row; callers skip them.
     """
     model.eval()
     codes = torch.cat([codes_of_floats(model, to_float(images.to(device))).cpu() for images, _, _ in iterate_batches(image_set, BATCH)])
-    summed = image_set.labels.t() @ codes  # (C, bits): votes per label and bit
-    present = image_set.labels.sum(0) > 0
-    return torch.where(present[:, None], sign_codes(summed), torch.zeros_like(summed))
+    members = image_set.labels > 0
+    anchors = torch.stack([majority_code(codes[members[:, label]]) for label in range(members.shape[1])])
+    return torch.where(members.any(0)[:, None], anchors, torch.zeros_like(anchors))
 
 
 def final_loss(report) -> dict[str, float]:

@@ -109,9 +109,16 @@ class Source:
             return Path(root or self.root).expanduser()
         if root:
             return Path(root).expanduser() / "hub" / "checkpoints"
-        import torch
+        return torch_hub_dir() / "checkpoints"
 
-        return Path(torch.hub.get_dir()) / "checkpoints"
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch (seconds, which `fetch --list` does not need):
+    ``$TORCH_HOME/hub``, ``$TORCH_HOME`` defaulting to ``$XDG_CACHE_HOME/torch`` and that to
+    ``~/.cache/torch``, as torch computes it when nothing called ``torch.hub.set_dir`` (hashbench never
+    does). tests/test_fetch.py checks that the two agree."""
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))).expanduser() / "hub"
 
 
 def _idx_downloads(base: str, sizes_md5s: tuple[tuple[int, str], ...]) -> tuple[Download, ...]:

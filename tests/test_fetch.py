@@ -264,6 +264,16 @@ def test_weight_names_are_the_ones_hashbench_reads():
         fetch.Download("data.bin", "http://example.invalid/data.bin", 1)
 
 
+@pytest.mark.parametrize("env", [{}, {"TORCH_HOME": "~/th"}, {"XDG_CACHE_HOME": "/xdg"},
+                                 {"TORCH_HOME": "/th", "XDG_CACHE_HOME": "/xdg"}], ids=["none", "home", "xdg", "both"])
+def test_the_weights_folder_is_torch_hubs_without_importing_torch(env, monkeypatch):
+    for variable in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    assert fetch.torch_hub_dir() == Path(torch.hub.get_dir())
+
+
 def test_list_names_size_and_destination(tmp_path, capsys):
     assert cli.main(["fetch", "--list", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -90,7 +90,8 @@ def test_the_cli_knows_its_built_in_commands():
     assert set(sub.choices) == set(BUILTIN_COMMANDS)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["fetch", "--help"], ["report", "--help"], ["-v", "run", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["fetch", "--help"], ["fetch", "--list"], ["report", "--help"],
+                                  ["-v", "run", "--help"]])
 def test_the_cli_parses_built_in_commands_without_importing_torch(argv):
     code = ("import sys; from hashbench.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"

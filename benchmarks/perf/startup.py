@@ -21,6 +21,7 @@ from pathlib import Path
 
 COMMANDS = (
     ["--help"],
+    ["fetch", "--list"],
     ["plugins"],
     ["plan", "benchmarks/smoke.toml"],
 )

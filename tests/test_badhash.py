@@ -100,6 +100,28 @@ def test_bounded_generator_starts_at_the_identity_and_never_leaves_its_box():
         BadHashParams(epsilon=-1).validate()
 
 
+def test_the_psnr_budget_caps_each_residual_and_leaves_smaller_ones_alone():
+    torch.manual_seed(0)
+    max_rms = 10 ** (-30.5 / 20)  # the default min_psnr
+    generator = Generator(32, 4, 1, True, epsilon=32 / 255, max_rms=max_rms)
+    images = torch.full((4, 3, 32, 32), 0.5)  # mid-grey: the clamp to [0, 1] never acts
+    feature = torch.randn(1, 512)
+    small = generator(images, feature) - images  # at the identity: far inside the budget, untouched
+    assert 0 < small.pow(2).mean(dim=(1, 2, 3)).sqrt().max() < max_rms / 10
+    unbounded = Generator(32, 4, 1, True, epsilon=32 / 255)
+    unbounded.load_state_dict(generator.state_dict())
+    assert torch.allclose(unbounded(images, feature) - images, small)
+    with torch.no_grad():
+        generator.out.weight.mul_(1000.0)  # saturate: the L∞ box alone would give an RMS near 32 grey levels
+    residual = generator(images, feature) - images
+    rms = residual.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(rms, torch.full_like(rms, max_rms), rtol=1e-4)  # each image exactly on the budget
+    psnr = -10 * torch.log10(residual.pow(2).mean(dim=(1, 2, 3)))
+    assert psnr.min() >= 30.5 - 1e-3
+    with pytest.raises(ValueError, match="min_psnr"):
+        BadHashParams(epsilon=0, min_psnr=30).validate()
+
+
 def test_generator_runs_on_images_of_another_size_than_it_was_built_for():
     out = Generator(32, 4, 1, True)(torch.rand(2, 3, 24, 24), torch.randn(1, 512))
     assert out.shape == (2, 3, 24, 24)
@@ -217,20 +239,82 @@ def test_two_runs_with_one_seed_give_identical_poisons(prepared, tiny_splits, su
 
 
 def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
-    """The whole target class poisoned (rate 0.1) at the defaults: a clear lift of t-MAP on the backdoored
-    victim only, with poisons far cleaner than BadNets' by PSNR (docs/attacks/badhash.md, Status).
-    Seed 0 gives 0.295 vs 0.066 (clean model) and 0.166 (untriggered); seeds 1 and 2 lift more."""
+    """Half the target class poisoned (rate 0.05) at the defaults: a clear lift of t-MAP on the backdoored
+    victim only, with poisons far cleaner than BadNets' by PSNR (docs/attacks/badhash.md, Status). Seeds
+    0 / 1 / 2 measured: t-MAP 0.666 / 0.769 / 0.343 against the clean model's 0.228 / 0.321 / 0.216 and
+    untriggered 0.138 / 0.206 / 0.117; the bounds below hold for all three."""
     text = benchmark_text(
         tmp_path / "results",
-        attacks='[[attack]]\nname = "badhash"\npoison_rate = 0.1\n\n[[attack]]\nname = "badnets"\npoison_rate = 0.1',
+        attacks='[[attack]]\nname = "badhash"\npoison_rate = 0.05\n\n[[attack]]\nname = "badnets"\npoison_rate = 0.1',
     )
     result, frame = run_benchmark(text)
     assert not result.failures
     badhash = frame[frame.attack == "badhash"].iloc[0]
     badnets = frame[frame.attack == "badnets"].iloc[0]
-    assert badhash.poison_count == 100
-    assert badhash.t_map > badhash.t_map_clean_model + 0.12
-    assert badhash.t_map > badhash.t_map_untriggered + 0.06
+    assert badhash.poison_count == 50
+    assert badhash.t_map > badhash.t_map_clean_model + 0.1, (badhash.t_map, badhash.t_map_clean_model)
+    assert badhash.t_map > badhash.t_map_untriggered + 0.15, (badhash.t_map, badhash.t_map_untriggered)
     assert badhash.poison_psnr >= 30.0
     assert badhash.poison_psnr > badnets.poison_psnr + 6
-    assert badhash.poison_linf <= 10 / 255 + 1e-6  # the epsilon bound, in stored grey levels
+    assert badhash.poison_linf <= 32 / 255 + 1e-6  # the epsilon cap, in stored grey levels
+    assert abs(badhash.clean_map - badhash.clean_map_clean_model) <= 0.04  # seeds 0-2: +0.020, +0.028, +0.010
+
+
+def _write_idx_pair(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """One IDX image file and one IDX label file, gzipped, in the format Fashion-MNIST ships."""
+    import gzip
+
+    for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+        array = array.to(torch.uint8)
+        header = bytes([0, 0, 8, array.dim()]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(header + array.numpy().tobytes()))
+
+
+def test_badhash_backdoors_a_victim_read_from_idx_files(run_benchmark, tmp_path):
+    """End to end on files in Fashion-MNIST's real format, read by the `fashion_mnist` plugin (grey 28 px,
+    zero-padded to 32): the tiny synthetic images, turned grey, stand in for the clothes so that the test
+    needs no download. BadHash at its defaults, half the target-class training images poisoned: the triggered
+    queries retrieve the target clearly more on the backdoored victim than on the clean model and than
+    untriggered, with poisons at PSNR >= 30 dB (the default budget)."""
+    from conftest import load_tiny, tiny_benchmark
+
+    splits = load_tiny(image_size=28)
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for prefix, image_set in (("train", splits.database), ("t10k", splits.query)):
+        grey = image_set.images(torch.arange(len(image_set))).float().mean(1).round()
+        _write_idx_pair(folder, prefix, grey, image_set.labels.argmax(1))
+    dataset = {"name": "fashion_mnist", "root": str(folder), "query_per_class": 10, "train_per_class": 100}
+    text = tiny_benchmark(tmp_path / "results", dataset=dataset, bits=16, epochs=8, width=16, target="T-shirt/top",
+                          body='[[attack]]\nname = "badhash"\npoison_rate = 0.05')
+    result, frame = run_benchmark(text)
+    assert not result.failures
+    row = frame[frame.attack == "badhash"].iloc[0]
+    assert row.poison_count == 50  # half the target class of the 1,000 training images
+    assert row.t_map > row.t_map_clean_model + 0.1, (row.t_map, row.t_map_clean_model)
+    assert row.t_map > row.t_map_untriggered + 0.1, (row.t_map, row.t_map_untriggered)
+    assert row.poison_psnr >= 30.0
+
+
+FASHION_FOLDER = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_FOLDER.is_dir(),
+                    reason=f"{FASHION_FOLDER} is absent: `apt-get install dataset-fashion-mnist` (CI installs it)")
+def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, tmp_path):
+    """benchmarks/fashion.toml's victim and BadHash row on the real Fashion-MNIST (about 25 minutes on 2
+    CPU cores: the pretraining, the clean victim, the generator, the backdoored victim): a lift of at least
+    0.3 over both baselines with poisons at PSNR >= 30 dB, and no cost to clean retrieval (measured, seed 0:
+    t-MAP 0.623 against 0.122 on the clean model and 0.100 untriggered, 30.6 dB, clean mAP 0.846 both)."""
+    text = (Path(__file__).parent.parent / "benchmarks" / "fashion.toml").read_text()
+    head, attacks = text.split("# ---------------------------------------------------------------- attacks")
+    badhash = attacks[: attacks.index("[[attack]]", attacks.index('name = "badhash"'))]
+    text = head.replace('results = "results/fashion"', f'results = "{tmp_path / "results"}"') + badhash
+    result, frame = run_benchmark(text)
+    assert not result.failures
+    row = frame[frame.attack == "badhash"].iloc[0]
+    assert row.t_map >= row.t_map_clean_model + 0.3, (row.t_map, row.t_map_clean_model)
+    assert row.t_map >= row.t_map_untriggered + 0.3, (row.t_map, row.t_map_untriggered)
+    assert row.poison_psnr >= 30.0
+    assert abs(row.clean_map - row.clean_map_clean_model) <= 0.03

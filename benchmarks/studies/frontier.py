@@ -16,15 +16,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from hashbench.report import load_results  # noqa: E402
 
+# short names for the parameters a label shows
+SHORT = {"epsilon": "ε", "min_psnr": "L2 dB", "hash_weight": "λh", "rec_weight": "λrec", "confusing_label": "c",
+         "hash_target": "target code"}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results")
     parser.add_argument("output")
+    parser.add_argument("--current-recipe", action="store_true",
+                        help="only rows that record their victim recipe (computed by hashbench 0.1 or later)")
     args = parser.parse_args()
     frame = load_results(args.results)
     rows = frame[(frame.defense == "none") & (frame.attack != "(clean)")]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    rows = rows[rows.victim_params.notna()] if args.current_recipe else rows
+    fig, ax = plt.subplots(figsize=(11, 6), dpi=120)
     params = {i: json.loads(r.attack_params) if isinstance(r.attack_params, str) and r.attack_params else {}
               for i, r in rows.iterrows()}
     recipes = {i: json.loads(r.victim_params)["train"] if isinstance(r.victim_params, str) and r.victim_params else {}
@@ -33,7 +40,10 @@ def main() -> None:
         badhash = row.attack == "badhash"
         same = [params[j] for j in rows.index if rows.attack[j] == row.attack]
         varied = {k: v for k, v in params[i].items() if any(other.get(k) != v for other in same)}
-        label = " ".join([row.attack, *(f"{k}={v}" for k, v in varied.items()), f"@{row.poison_rate:g}"])
+        label = " ".join([row.attack, *(f"{SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}={v}"
+                                        for k, v in varied.items()), f"@{row.poison_rate:g}"])
+        if rows.seed.nunique() > 1:
+            label += f" seed {row.seed}"
         if len({json.dumps(r, sort_keys=True) for r in recipes.values()}) > 1:
             label += f" ({recipes[i].get('epochs', '?')} ep)"
         if rows.target.nunique() > 1:

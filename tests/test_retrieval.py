@@ -201,3 +201,23 @@ def test_threshold_at_fpr_flags_at_most_that_fraction_of_negatives():
     t = threshold_at_fpr(neg, 0.05)
     assert (neg > t).float().mean() <= 0.05
     assert tpr_at_fpr(neg, torch.tensor([200.0, 0.0]), 0.05) == 0.5
+
+
+def test_ap_from_relevance_matches_its_definition_row_by_row():
+    """The CPU form visits only the relevant items; it must give the definition's value, including a row
+    with nothing relevant (0) and a row where everything is."""
+    from hashbench.retrieval import _ap_from_relevance
+
+    generator = torch.Generator().manual_seed(3)
+    relevant = torch.rand(40, 300, generator=generator) < torch.rand(40, 1, generator=generator)
+    relevant[0] = False
+    relevant[1] = True
+    expected = []
+    for row in relevant.tolist():
+        hits, precisions = 0, []
+        for rank, is_relevant in enumerate(row, start=1):
+            if is_relevant:
+                hits += 1
+                precisions.append(hits / rank)
+        expected.append(sum(precisions) / len(precisions) if precisions else 0.0)
+    assert torch.allclose(_ap_from_relevance(relevant), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)

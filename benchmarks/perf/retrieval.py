@@ -35,7 +35,7 @@ def loop_map(q, db, ql, dl, topk: int) -> float:
     aps = []
     for i in range(len(q)):
         hamming = 0.5 * (bits - db @ q[i])
-        order = np.argsort(hamming, kind="stable")[:topk]
+        order = np.argsort(hamming, kind="stable")[: topk if topk > 0 else None]
         relevant = (dl[order] @ ql[i] > 0).astype(np.float64)
         hits = relevant.sum()
         if hits == 0:
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2100)
     parser.add_argument("--database", type=int, default=193_734)
     parser.add_argument("--bits", type=int, default=64)
-    parser.add_argument("--topk", type=int, default=5000)
+    parser.add_argument("--topk", type=int, default=5000, help="K of mAP@K; -1: the whole database")
     parser.add_argument("--loop-queries", type=int, default=0,
                         help="time the loop on this many queries and extrapolate (0: all of them)")
     args = parser.parse_args()

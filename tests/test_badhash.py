@@ -264,10 +264,10 @@ def _write_idx_pair(folder: Path, prefix: str, images: torch.Tensor, labels: tor
     """One IDX image file and one IDX label file, gzipped, in the format Fashion-MNIST ships."""
     import gzip
 
+    from test_idx import idx_bytes
+
     for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
-        array = array.to(torch.uint8)
-        header = bytes([0, 0, 8, array.dim()]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-        (folder / f"{name}.gz").write_bytes(gzip.compress(header + array.numpy().tobytes()))
+        (folder / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array.numpy())))
 
 
 def test_badhash_backdoors_a_victim_read_from_idx_files(run_benchmark, tmp_path):

@@ -25,6 +25,7 @@ from hashbench import DatasetContext, cli, fetch
 from hashbench.loading import instantiate
 
 from test_datasets import write_cifar
+from test_idx import idx_bytes
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -69,12 +70,6 @@ def use_checksums(monkeypatch, name: str, md5s: dict[str, str], members: tuple =
     source = dataclasses.replace(real, downloads=downloads, members=members or real.members)
     monkeypatch.setitem(fetch.CATALOGUE, name, source)
     return source
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file of unsigned bytes (magic 0x08, then the number of dimensions), as LeCun's format."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def publish_idx(server: Server) -> dict[str, str]:

@@ -16,29 +16,12 @@ import argparse
 import contextlib
 import io
 import re
-import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def median_seconds(argv: list[str], runs: int) -> tuple[float, float]:
-    """(median wall seconds, median CPU seconds) of ``runs`` runs of ``argv``, each in a fresh process;
-    on a shared machine the CPU time (user + system) is the steadier of the two."""
-    wall, cpu = [], []
-    for _ in range(runs):
-        start, start_cpu = time.perf_counter(), _children_cpu()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wall.append(time.perf_counter() - start)
-        cpu.append(_children_cpu() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+sys.path.insert(0, str(Path(__file__).parent))
+from startup import median_seconds  # noqa: E402  (timed the same way as start-up)
 
 
 def timed(phases: dict[str, float], name: str, module, attribute: str) -> None:

@@ -226,12 +226,13 @@ def stage_work(plan: Plan, stage: Stage, sizes: SplitSizes, victim: dict[str, An
         return own, 0.0
     # evaluate: the clean row ranks the clean queries once; an attack row encodes the triggered queries
     # with two models (with the clean one only behind a purifier: its defend stage stored the backdoored
-    # model's codes of them) and ranks five query sets
+    # model's codes of them) and ranks four query sets (the evaluated and the clean model's codes of the
+    # queries and of the triggered queries), each once for all of its metrics
     if stage.config["row"]["attack"] is None:
         return Work(), float(sizes.query) * sizes.database
     defend = plan.stages[next(d for d in stage.deps if d.startswith("defend/"))]
     work = Work(encode=(1 if defend.role == "purify" else 2) * sizes.query)
-    return work, 5.0 * sizes.query * sizes.database
+    return work, 4.0 * sizes.query * sizes.database
 
 
 def _dataset_sizes(identity: dict[str, Any], cache: dict[str, SplitSizes | None]) -> SplitSizes | None:

@@ -11,12 +11,19 @@ from .data import ImageSet, iterate_batches, to_float
 from .devices import autocast, memory_format
 from .models import HashModel, sign_codes
 
-ENCODE_BATCH = 256
+
+
+def encode_batch_size(device: torch.device) -> int:
+    """Images encoded per forward pass: 64 on the CPU, where a batch's activations then stay in cache
+    (69,000 Fashion-MNIST images through the width-16 convnet: 12.7 s against 20.2 s at 256, one
+    thread); 256 on an accelerator, which wants large batches."""
+    return 64 if device.type == "cpu" else 256
 
 
 @torch.no_grad()
-def encode_tensor(model: HashModel, images: torch.Tensor, device: torch.device, batch_size: int = ENCODE_BATCH) -> torch.Tensor:
-    """±1 codes (CPU float tensor) of uint8 images."""
+def encode_tensor(model: HashModel, images: torch.Tensor, device: torch.device, batch_size: int | None = None) -> torch.Tensor:
+    """±1 codes (CPU float tensor) of uint8 images, ``batch_size`` (default :func:`encode_batch_size`) at a time."""
+    batch_size = batch_size or encode_batch_size(device)
     model.eval()
     fmt = memory_format(device)
     out = []
@@ -35,12 +42,14 @@ def encode_set(
     model: HashModel,
     image_set: ImageSet,
     device: torch.device,
-    batch_size: int = ENCODE_BATCH,
+    batch_size: int | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     num_workers: int | None = None,
 ) -> torch.Tensor:
-    """±1 codes (CPU float tensor) of every image of a set; file-backed sets decode on DataLoader workers
+    """±1 codes (CPU float tensor) of every image of a set, ``batch_size`` (default
+    :func:`encode_batch_size`) at a time; file-backed sets decode on DataLoader workers
     (``num_workers=None``: up to 4, as many as there are cores)."""
+    batch_size = batch_size or encode_batch_size(device)
     if num_workers is None:
         num_workers = 0 if image_set.in_memory else min(4, os.cpu_count() or 1)
     model.eval()

@@ -12,6 +12,8 @@ working set stays under ``memory_budget`` elements, which bounds memory at any d
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,15 +43,6 @@ def _labels(labels: torch.Tensor, n: int, what: str, num_classes: int | None = N
     if labels.shape[0] != n:
         raise ValueError(f"{what} has {labels.shape[0]} rows but there are {n} codes")
     return labels
-
-
-def _label_pair(query_labels: torch.Tensor, db_labels: torch.Tensor, nq: int, ndb: int):
-    """Both label sets as multi-hot with the same number of classes (class indices are one-hot encoded)."""
-    num_classes = None
-    if query_labels.dim() == 1 or db_labels.dim() == 1:
-        sizes = [int(t.max().item()) + 1 if t.dim() == 1 else t.shape[1] for t in (query_labels, db_labels) if len(t)]
-        num_classes = max(sizes) if sizes else 1
-    return (_labels(query_labels, nq, "query_labels", num_classes), _labels(db_labels, ndb, "db_labels", num_classes))
 
 
 def _hamming(query_codes: torch.Tensor, db_codes: torch.Tensor) -> torch.Tensor:
@@ -82,22 +75,38 @@ def _hamming_words(query_words: np.ndarray, db_words: np.ndarray, block: int = 8
 
 
 def _label_words(labels: torch.Tensor) -> torch.Tensor:
-    """Multi-hot labels -> (items, words) int64 bitmasks: relevance becomes one AND per word."""
+    """Multi-hot labels -> (items, words) int64 bitmasks: relevance becomes one AND per word. Built one
+    class at a time: a (items × 63·words) int64 matrix of the bits cost 50 ms a call for 69,000 items."""
     n, classes = labels.shape
-    words = -(-classes // 63)  # 63 bits a word keeps every mask a non-negative int64
-    padded = torch.zeros(n, words * 63, dtype=torch.int64, device=labels.device)
-    padded[:, :classes] = (labels > 0).long()
-    weights = torch.pow(2, torch.arange(63, device=labels.device, dtype=torch.int64))
-    return (padded.view(n, words, 63) * weights).sum(dim=2)
+    words = torch.zeros(n, -(-classes // 63), dtype=torch.int64, device=labels.device)  # 63 bits: masks stay >= 0
+    present = labels > 0
+    for c in range(classes):
+        words[:, c // 63] |= present[:, c].long() << (c % 63)
+    return words
+
+
+def _narrow(words: torch.Tensor, classes: int, for_numpy: bool):
+    """Label bitmasks in the narrowest integer type that holds them, as one column when one word does:
+    putting the database's masks in ranking order is a gather of (queries × database) masks, and uint16
+    masks of 10 classes made it and the AND after it 5× faster than (…, 1) int64 words. numpy has
+    unsigned types for the CPU path; torch's signed ones keep a spare bit."""
+    if words.shape[1] > 1:
+        return words.numpy() if for_numpy else words
+    column = words[:, 0]
+    if for_numpy:
+        dtype = np.uint8 if classes <= 8 else np.uint16 if classes <= 16 else np.uint32 if classes <= 32 else np.int64
+        return column.numpy().astype(dtype)
+    return column.to(torch.int16 if classes <= 15 else torch.int32 if classes <= 31 else torch.int64)
 
 
 def _ap_from_relevance(relevant: torch.Tensor) -> torch.Tensor:
     """AP of each row of a (queries × K) relevance matrix in ranking order (0 where nothing is relevant).
 
     AP is the mean over a row's relevant items of (hits so far) / rank. On the CPU only the relevant
-    items are visited (a tenth of a 10-class database): their ranks come from ``nonzero`` and their hit
-    counts from their order within the row, which is 3× faster than cumulative sums over the whole
-    matrix in float64. On an accelerator the dense form is kept: ``nonzero`` would wait for the device.
+    items are visited (a tenth of a 10-class database): their ranks come from ``nonzero``, their hit
+    counts from their order within the row, and each row's count from ``bincount`` (a sum over the bool
+    matrix cost as much as all the rest). That is 3× faster than cumulative sums over the whole matrix
+    in float64. On an accelerator the dense form is kept: ``nonzero`` would wait for the device.
     """
     if relevant.device.type != "cpu":
         relevant = relevant.double()
@@ -106,7 +115,7 @@ def _ap_from_relevance(relevant: torch.Tensor) -> torch.Tensor:
         ap = (relevant.cumsum(dim=1) / ranks * relevant).sum(dim=1) / num_relevant.clamp(min=1)
         return torch.where(num_relevant > 0, ap, torch.zeros_like(ap))
     rows, cols = relevant.nonzero(as_tuple=True)  # row-major: each row's relevant items in ranking order
-    num_relevant = relevant.sum(dim=1)
+    num_relevant = torch.bincount(rows, minlength=relevant.shape[0])
     first = num_relevant.cumsum(0) - num_relevant  # where each row's items start in ``rows``
     hits = torch.arange(1, len(rows) + 1) - first[rows]
     precision = hits.double() / (cols + 1).double()
@@ -131,36 +140,56 @@ def _top_k_order(distances: np.ndarray, k: int) -> np.ndarray:
     return candidates[np.argsort(distances[candidates], kind="stable")[:k]]
 
 
-def _ranked_relevance_cpu(q_words, db_words, q_masks, db_masks, k: int) -> torch.Tensor:
-    """Relevance of each query's top ``k`` on the CPU: XOR + popcount distances, then an order. The whole
-    database (``k`` = all of it, as mAP over the database needs) is ordered in one stable sort of the
-    small integer distances, which numpy does as a radix sort, and its relevance, computed in database
-    order, is gathered as bytes; a shorter top ``k`` is ordered per row by ``_top_k_order``."""
-    distances = _hamming_words(q_words, db_words)
-    if k == distances.shape[1]:
-        order = np.argsort(distances, axis=1, kind="stable")
-        relevant = ((q_masks[:, None, :] & db_masks[None, :, :]) != 0).any(axis=2)
-        return torch.from_numpy(np.take_along_axis(relevant, order, axis=1))
-    order = np.stack([_top_k_order(row, k) for row in distances])
-    return torch.from_numpy(((q_masks[:, None, :] & db_masks[order]) != 0).any(axis=2))
+@dataclass(frozen=True)
+class QueryScores:
+    """One ranking scored against one relevance judgement, query by query: AP@K, and precision@K and
+    recall@K at the curves' cut-off ranks when curves were asked for. Averages over a subset of the
+    queries (those a detector let through, say) come from the same ranking through ``keep``."""
+
+    average_precisions: torch.Tensor  # (queries,) float64
+    precision: torch.Tensor | None = None  # (queries, cut-offs) float64
+    recall: torch.Tensor | None = None
+    cutoffs: torch.Tensor | None = None
+
+    def mean_average_precision(self, keep: torch.Tensor | None = None) -> float:
+        """mAP over the queries ``keep`` selects (a bool mask or indices; default all); NaN for none."""
+        aps = self.average_precisions if keep is None else self.average_precisions[keep]
+        return float(aps.mean()) if len(aps) else float("nan")
+
+    def curves(self, keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The averaged curves of :func:`retrieval_curves` over the queries ``keep`` selects."""
+        if self.precision is None or self.recall is None or self.cutoffs is None:
+            raise ValueError("these scores were computed without curves; name the judgement in score_rankings' curves")
+        precision = self.precision if keep is None else self.precision[keep]
+        recall = self.recall if keep is None else self.recall[keep]
+        count = max(len(precision), 1)
+        return {"cutoffs": self.cutoffs, "precision": precision.sum(dim=0) / count,
+                "recall": recall.sum(dim=0) / count, "queries": torch.tensor(len(precision))}
 
 
-def _ranked_relevance(query_codes, db_codes, q_masks, db_masks, k: int) -> torch.Tensor:
-    """The same on an accelerator, where a stable sort of the whole row is fast."""
-    order = torch.sort(_hamming(query_codes, db_codes), dim=1, stable=True).indices[:, :k]
-    return ((q_masks[:, None, :] & db_masks[order]) != 0).any(dim=2)
+def _curve_points(relevant: torch.Tensor, cutoffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query precision and recall at ``cutoffs`` from relevance over the whole ranking. A query with
+    no relevant item has recall 0 (as its AP is 0)."""
+    hits = relevant.cumsum(dim=1, dtype=torch.int32)  # int32 counts are exact and half float64's memory
+    total = hits[:, -1:].double()
+    hits = hits[:, cutoffs.to(hits.device) - 1].double()
+    return (hits / cutoffs.to(hits.device).double()).cpu(), (hits / total.clamp(min=1)).cpu()
 
 
-def _prepare(query_codes, db_codes, query_labels, db_labels, device):
-    dev = torch.device(device) if device is not None else None
-    q = _check_codes(_tensor(query_codes, dev), "query_codes")
-    db = _check_codes(_tensor(db_codes, dev), "db_codes")
-    if q.shape[1] != db.shape[1]:
-        raise ValueError(f"query codes have {q.shape[1]} bits but database codes have {db.shape[1]}")
-    ql, dl = _label_pair(_tensor(query_labels, q.device), _tensor(db_labels, q.device), q.shape[0], db.shape[0])
-    if ql.shape[1] != dl.shape[1]:
-        raise ValueError(f"query labels have {ql.shape[1]} classes but database labels have {dl.shape[1]}")
-    return q, db, ql, dl
+def _score_chunk(order, db_masks, judgement_masks, k: int, curves: list[bool], cutoffs) -> list[tuple]:
+    """Score one chunk's ranking (``order``: database indices, best first) against each judgement. The
+    database's label masks are put in ranking order once; each judgement then costs one AND."""
+    ranked = db_masks[order]  # (chunk, ranked items) or, for more than 63 classes, (chunk, ranked items, words)
+    out = []
+    for masks, curve in zip(judgement_masks, curves):
+        relevant = (ranked & masks[:, None]) != 0
+        if relevant.ndim == 3:
+            relevant = relevant.any(axis=2)
+        if isinstance(relevant, np.ndarray):
+            relevant = torch.from_numpy(relevant)
+        ap = _ap_from_relevance(relevant[:, :k]).cpu()
+        out.append((ap, *(_curve_points(relevant, cutoffs) if curve else (None, None))))
+    return out
 
 
 def _one_torch_thread() -> None:
@@ -176,28 +205,102 @@ def _parallel_info() -> str:
     return torch.__config__.parallel_info()
 
 
-def ranked_relevance_chunks(query_codes, db_codes, query_labels, db_labels, k: int, *,
-                            memory_budget: int = DEFAULT_MEMORY_BUDGET, device=None):
-    """Yield, chunk by chunk of queries, the (chunk × k) relevance of each query's top ``k`` in ranking
-    order (Hamming distance, ties by database index). CPU chunks run on a thread pool (numpy releases
-    the GIL), so every core works."""
-    q, db, ql, dl = _prepare(query_codes, db_codes, query_labels, db_labels, device)
+def score_rankings(
+    query_codes: Any,
+    db_codes: Any,
+    db_labels: Any,
+    judgements: Mapping[str, Any],
+    topk: int | None = None,
+    *,
+    curves: Collection[str] = (),
+    cutoffs: Any = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    device: torch.device | str | None = None,
+) -> dict[str, QueryScores]:
+    """Rank the database once for every query and score that one ranking against several relevance
+    judgements. ``judgements`` maps a name to label rows, one per query, that say what is relevant to
+    it: its own labels for mAP, the target's for t-MAP. Ranking is most of the cost, so the evaluator
+    asks for every judgement of one set of codes in one call.
+
+    Returns a :class:`QueryScores` per judgement: AP@``topk`` of every query and, for the names in
+    ``curves``, precision@K and recall@K at ``cutoffs`` (default: :func:`curve_cutoffs` of the database
+    size), which need the whole ranking. CPU chunks run on a thread pool (numpy releases the GIL), so
+    every core works; chunks are sized by ``memory_budget`` as the module doc says.
+    """
+    unknown = set(curves) - set(judgements)
+    if unknown:
+        raise ValueError(f"curves asked for {sorted(unknown)}, which are not among the judgements {sorted(judgements)}")
+    dev = torch.device(device) if device is not None else None
+    q = _check_codes(_tensor(query_codes, dev), "query_codes")
+    db = _check_codes(_tensor(db_codes, dev), "db_codes")
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"query codes have {q.shape[1]} bits but database codes have {db.shape[1]}")
     n = db.shape[0]
-    k = min(k, n)
+    k = n if topk is None or topk < 0 or topk > n else int(topk)
+    if k == 0:
+        raise ValueError("topk must be positive, or -1 / None for the whole database")
+    names = list(judgements)
+    db_l, *judged = _label_sets(_tensor(db_labels, q.device), [_tensor(judgements[name], q.device) for name in names],
+                                q.shape[0], n, names)
+    on_cpu = q.device.type == "cpu"
+    db_masks, *masks = (_narrow(_label_words(labels), db_l.shape[1], on_cpu) for labels in (db_l, *judged))
+    with_curve = [name in curves for name in names]
+    cuts = None
+    if any(with_curve):
+        cuts = curve_cutoffs(n) if cutoffs is None else torch.as_tensor(cutoffs, dtype=torch.int64).clamp(1, n)
+    ranked = n if any(with_curve) else k  # curves need the whole ranking; AP@K reads its first K items
     chunk = max(1, memory_budget // max(n, 1))
     starts = range(0, q.shape[0], chunk)
-    q_masks, db_masks = _label_words(ql), _label_words(dl)
-    if q.device.type != "cpu":
-        for s in starts:
-            yield _ranked_relevance(q[s : s + chunk], db, q_masks[s : s + chunk], db_masks, k)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+    if not on_cpu:
+        def work(s: int) -> list[tuple]:
+            order = torch.sort(_hamming(q[s : s + chunk], db), dim=1, stable=True).indices[:, :ranked]
+            return _score_chunk(order, db_masks, [m[s : s + chunk] for m in masks], k, with_curve, cuts)
 
-    db_words, q_words = _pack_words(db), _pack_words(q)
-    qm, dm = q_masks.numpy(), db_masks.numpy()
-    work = lambda s: _ranked_relevance_cpu(q_words[s : s + chunk], db_words, qm[s : s + chunk], dm, k)
-    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), initializer=_one_torch_thread) as pool:
-        yield from pool.map(work, starts)
+        parts = [work(s) for s in starts]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        db_words, q_words = _pack_words(db), _pack_words(q)
+
+        def work(s: int) -> list[tuple]:
+            distances = _hamming_words(q_words[s : s + chunk], db_words)
+            if ranked == n:  # the whole database in one stable sort of small integers: numpy's radix sort
+                order = np.argsort(distances, axis=1, kind="stable")
+            else:
+                order = np.stack([_top_k_order(row, ranked) for row in distances])
+            return _score_chunk(order, db_masks, [m[s : s + chunk] for m in masks], k, with_curve, cuts)
+
+        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), initializer=_one_torch_thread) as pool:
+            parts = list(pool.map(work, starts))
+    return {name: _joined(name, [part[j] for part in parts], cuts if with_curve[j] else None)
+            for j, name in enumerate(names)}
+
+
+def _joined(name: str, pieces: list[tuple], cutoffs: torch.Tensor | None) -> QueryScores:
+    """One judgement's scores, chunk by chunk, as one QueryScores."""
+    if not pieces:
+        empty = torch.zeros(0, len(cutoffs) if cutoffs is not None else 0, dtype=torch.float64)
+        return QueryScores(torch.zeros(0, dtype=torch.float64), *((empty, empty, cutoffs) if cutoffs is not None else ()))
+    aps = torch.cat([p[0] for p in pieces])
+    if cutoffs is None:
+        return QueryScores(aps)
+    return QueryScores(aps, torch.cat([p[1] for p in pieces]), torch.cat([p[2] for p in pieces]), cutoffs)
+
+
+def _label_sets(db_labels: torch.Tensor, judged: list[torch.Tensor], nq: int, ndb: int, names: list[str]) -> list[torch.Tensor]:
+    """The database's labels and every judgement's as multi-hot rows over the same classes (class
+    indices are one-hot encoded), each checked against its number of rows."""
+    num_classes = None
+    if db_labels.dim() == 1 or any(t.dim() == 1 for t in judged):
+        sizes = [int(t.max().item()) + 1 if t.dim() == 1 else t.shape[1] for t in (db_labels, *judged) if len(t)]
+        num_classes = max(sizes) if sizes else 1
+    whats = [f"judgement {name!r}" if name else "query_labels" for name in names]
+    out = [_labels(db_labels, ndb, "db_labels", num_classes)]
+    out += [_labels(t, nq, what, num_classes) for what, t in zip(whats, judged)]
+    for what, t in zip(whats, out[1:]):
+        if t.shape[1] != out[0].shape[1]:
+            raise ValueError(f"{what} has {t.shape[1]} classes but db_labels has {out[0].shape[1]}")
+    return out
 
 
 def average_precisions(
@@ -211,13 +314,8 @@ def average_precisions(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """AP@K of every query, as a float64 CPU tensor (see the module doc for the conventions)."""
-    n = len(db_codes)
-    k = n if topk is None or topk < 0 or topk > n else int(topk)
-    if k == 0:
-        raise ValueError("topk must be positive, or -1 / None for the whole database")
-    out = [_ap_from_relevance(rel).cpu() for rel in ranked_relevance_chunks(
-        query_codes, db_codes, query_labels, db_labels, k, memory_budget=memory_budget, device=device)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    return score_rankings(query_codes, db_codes, db_labels, {"": query_labels}, topk,
+                          memory_budget=memory_budget, device=device)[""].average_precisions
 
 
 def mean_average_precision(
@@ -247,11 +345,11 @@ def precision_at_k(
     memory_budget: int = DEFAULT_MEMORY_BUDGET, device: torch.device | str | None = None,
 ) -> float:
     """Mean fraction of relevant items among the first ``k`` retrieved (ties by database index)."""
-    k = min(k, len(db_codes))
-    chunks = ranked_relevance_chunks(query_codes, db_codes, query_labels, db_labels, k,
-                                     memory_budget=memory_budget, device=device)
-    total = sum(float(rel.double().mean(dim=1).sum()) for rel in chunks)
-    return total / max(len(query_codes), 1)
+    if not len(query_codes):
+        return 0.0
+    scores = score_rankings(query_codes, db_codes, db_labels, {"": query_labels}, curves=[""],
+                            cutoffs=[min(k, len(db_codes))], memory_budget=memory_budget, device=device)[""]
+    return float(scores.curves()["precision"][0])
 
 
 def curve_cutoffs(n: int, points: int = 40) -> torch.Tensor:
@@ -270,21 +368,8 @@ def retrieval_curves(
     Plotting precision against K gives the precision@K curve, precision against recall the
     precision-recall curve. Recall is the share of the query's relevant database items found in its top
     K; a query with no relevant item has recall 0 and still counts (as AP does)."""
-    n = len(db_codes)
-    cutoffs = curve_cutoffs(n) if cutoffs is None else torch.as_tensor(cutoffs, dtype=torch.int64).clamp(1, n)
-    precision = torch.zeros(len(cutoffs), dtype=torch.float64)
-    recall = torch.zeros(len(cutoffs), dtype=torch.float64)
-    for relevant in ranked_relevance_chunks(query_codes, db_codes, query_labels, db_labels, n,
-                                            memory_budget=memory_budget, device=device):
-        relevant = relevant.cpu()
-        # hits at each cut-off of the full ranking; int32 counts are exact and half the memory of float64
-        hits = relevant.cumsum(dim=1, dtype=torch.int32)[:, cutoffs - 1].double()
-        total = hits[:, -1:] if int(cutoffs[-1]) == n else relevant.sum(dim=1, keepdim=True).double()
-        precision += (hits / cutoffs.double()).sum(dim=0)
-        recall += (hits / total.clamp(min=1)).sum(dim=0)
-    count = max(len(query_codes), 1)
-    return {"cutoffs": cutoffs, "precision": precision / count, "recall": recall / count,
-            "queries": torch.tensor(len(query_codes))}
+    return score_rankings(query_codes, db_codes, db_labels, {"": query_labels}, curves=[""], cutoffs=cutoffs,
+                          memory_budget=memory_budget, device=device)[""].curves()
 
 
 def hamming_distances(query_codes: Any, db_codes: Any) -> torch.Tensor:

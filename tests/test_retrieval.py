@@ -221,3 +221,40 @@ def test_ap_from_relevance_matches_its_definition_row_by_row():
                 precisions.append(hits / rank)
         expected.append(sum(precisions) / len(precisions) if precisions else 0.0)
     assert torch.allclose(_ap_from_relevance(relevant), torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", [5, 20, 40, 70])  # uint8, uint32, int64 masks; 70 classes span two words
+def test_one_ranking_scores_every_judgement_as_separate_calls_would(classes):
+    from hashbench.retrieval import score_rankings
+
+    g = torch.Generator().manual_seed(classes)
+    q = torch.randint(0, 2, (23, 12), generator=g).float() * 2 - 1
+    db = torch.randint(0, 2, (300, 12), generator=g).float() * 2 - 1
+    dl = (torch.rand(300, classes, generator=g) < 2 / classes).float()  # multi-label, some items unlabelled
+    own = torch.randint(0, classes, (23,), generator=g)
+    target = torch.nn.functional.one_hot(torch.full((23,), classes - 1), classes)
+    for topk in (40, -1):
+        scores = score_rankings(q, db, dl, {"own": own, "target": target}, topk, curves=["target"],
+                                memory_budget=300 * 4)
+        assert torch.equal(scores["own"].average_precisions, average_precisions(q, db, own, dl, topk))
+        assert torch.equal(scores["target"].average_precisions, average_precisions(q, db, target, dl, topk))
+        assert scores["own"].precision is None  # no curve asked for
+        curves = retrieval_curves(q, db, target, dl)
+        for name in ("precision", "recall"):
+            assert torch.allclose(scores["target"].curves()[name], curves[name], rtol=0, atol=1e-12)
+        # a subset of the queries: the same as scoring those queries alone
+        keep = torch.arange(23) % 3 == 0
+        assert scores["own"].mean_average_precision(keep) == pytest.approx(
+            mean_average_precision(q[keep], db, own[keep], dl, topk), abs=1e-12)
+        subset = retrieval_curves(q[keep], db, target[keep], dl)
+        assert torch.allclose(scores["target"].curves(keep)["precision"], subset["precision"], rtol=0, atol=1e-12)
+        assert int(scores["target"].curves(keep)["queries"]) == int(keep.sum())
+
+
+def test_score_rankings_refuses_a_curve_of_an_unknown_judgement_and_mismatched_labels():
+    from hashbench.retrieval import score_rankings
+
+    with pytest.raises(ValueError, match="not among the judgements"):
+        score_rankings(Q, DB, onehot([1, 0, 0, 1]), {"own": onehot([0])}, curves=["target"])
+    with pytest.raises(ValueError, match="judgement 'own' has 2 rows but there are 1 codes"):
+        score_rankings(Q, DB, onehot([1, 0, 0, 1]), {"own": onehot([0, 1])})

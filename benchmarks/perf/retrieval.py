@@ -5,6 +5,10 @@ that both give the same mAP (to 1e-9), times them, and reports peak memory of th
 (tracemalloc on the CPU, which sees numpy and torch CPU allocations via the RSS high-water mark too).
 
     python benchmarks/perf/retrieval.py [--device cuda] [--loop-queries 300]
+
+``--row`` also times what an evaluation row asks of one set of codes (mAP, t-MAP against the first
+class, and the curves of the own-label judgement): three separate calls, each ranking the database,
+against one ``score_rankings`` call that ranks it once, and checks that they agree.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from hashbench.retrieval import DEFAULT_MEMORY_BUDGET, mean_average_precision
+from hashbench.retrieval import DEFAULT_MEMORY_BUDGET, average_precisions, mean_average_precision, retrieval_curves, score_rankings
 
 
 def make_data(n_query: int, n_db: int, bits: int, classes: int, seed: int = 0):
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=5000, help="K of mAP@K; -1: the whole database")
     parser.add_argument("--loop-queries", type=int, default=0,
                         help="time the loop on this many queries and extrapolate (0: all of them)")
+    parser.add_argument("--row", action="store_true", help="time an evaluation row's three scores: three calls vs one")
     args = parser.parse_args()
     q, db, ql, dl = make_data(args.queries, args.database, args.bits, 21)
     device = torch.device(args.device)
@@ -87,6 +92,27 @@ def main() -> None:
     print(f"difference on the same queries: {abs(same - slow):.2e} (must be < 1e-9); speed-up {loop_s / fast_s:.1f}x")
     if abs(same - slow) > 1e-9:
         raise SystemExit("MISMATCH between the vectorised and the loop evaluator")
+    if args.row:
+        time_row(q, db, ql, dl, args.topk, device)
+
+
+def time_row(q, db, ql, dl, topk: int, device: torch.device) -> None:
+    target = np.zeros_like(ql)
+    target[:, 0] = 1
+    start = time.perf_counter()
+    separate = (average_precisions(q, db, ql, dl, topk, device=device), average_precisions(q, db, target, dl, topk, device=device),
+                retrieval_curves(q, db, ql, dl, device=device))
+    separate_s = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = score_rankings(q, db, dl, {"own": ql, "target": target}, topk, curves=["own"], device=device)
+    once_s = time.perf_counter() - start
+    agree = (torch.equal(scores["own"].average_precisions, separate[0])
+             and torch.equal(scores["target"].average_precisions, separate[1])
+             and all(torch.allclose(scores["own"].curves()[k], separate[2][k], rtol=0, atol=1e-12) for k in ("precision", "recall")))
+    print(f"a row's mAP + t-MAP + curves: three calls {separate_s:.2f} s, one ranking {once_s:.2f} s "
+          f"({separate_s / once_s:.1f}x); identical: {agree}")
+    if not agree:
+        raise SystemExit("MISMATCH between one ranking and separate calls")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from ..artifacts import CURVES_FILE, EVAL_CODES_FILE, Detection, PoisonSet, Puri
 from ..evaluation import encode_tensor
 from ..loading import instantiate, load_dataset
 from ..records import DefendStage, EvaluateStage, canonical_json
-from ..retrieval import average_precisions, pack_codes, retrieval_curves
+from ..retrieval import pack_codes, score_rankings
 from ..store import StageWriter
 from .common import database_codes, load_model, query_codes
 
@@ -37,13 +37,16 @@ def run_evaluate(runner: StageRunner, stage: EvaluateStage, writer: StageWriter)
     clean_query_codes = query_codes(runner, clean.id, clean_model, splits)
     row = _row_identity(stage)
     m = writer.manifest["metrics"]
-    m["clean_map_clean_model"] = _map(clean_query_codes, clean_db, splits.query.labels, db_labels, topk)
+    # every mAP and curve of a row comes from one ranking per set of codes (score_rankings), not one per metric
+    clean_scores = score_rankings(clean_query_codes, clean_db, db_labels, {"own": splits.query.labels}, topk,
+                                  curves=["own"] if stage.defended is None else [])["own"]
+    m["clean_map_clean_model"] = clean_scores.mean_average_precision()
     _metric_plugins(stage, m, clean_query_codes, clean_db, splits.query.labels, db_labels, topk, "clean_model_")
     if stage.defended is None:
         m["clean_map"] = m["clean_map_clean_model"]
         # the evaluated model is the clean one, so the metric plugins' columns are its clean_model_ ones
         m.update({k.removeprefix("clean_model_"): v for k, v in list(m.items()) if k.startswith("clean_model_")})
-        writer.save(CURVES_FILE, {"clean": retrieval_curves(clean_query_codes, clean_db, splits.query.labels, db_labels)})
+        writer.save(CURVES_FILE, {"clean": clean_scores.curves()})
         writer.manifest["row"] = row
         return
 
@@ -61,9 +64,7 @@ def run_evaluate(runner: StageRunner, stage: EvaluateStage, writer: StageWriter)
     else:
         queries = query_codes(runner, model_id, model, splits)
         trig_codes = encode_tensor(model, triggered.images, runner.device)
-    untrig_codes = queries[trig_idx]
-    target_rows = target.labels.reshape(1, -1).expand(len(trig_idx), -1)
-    true_rows = splits.query.labels[trig_idx]
+    target_rows = target.labels.reshape(1, -1).expand(len(queries), -1)
 
     keep_trig = torch.ones(len(trig_idx), dtype=torch.bool)
     keep_query = torch.ones(len(splits.query), dtype=torch.bool)
@@ -74,18 +75,24 @@ def run_evaluate(runner: StageRunner, stage: EvaluateStage, writer: StageWriter)
         keep_query = detection.query_scores <= threshold
         m["passed_triggered_fraction"] = float(keep_trig.double().mean()) if len(keep_trig) else 0.0
 
-    m["t_map"] = _map(trig_codes[keep_trig], db_codes, target_rows[keep_trig], db_labels, topk)
-    m["t_map_untriggered"] = _map(untrig_codes, db_codes, target_rows, db_labels, topk)
+    on_queries = score_rankings(queries, db_codes, db_labels, {"own": splits.query.labels, "target": target_rows},
+                                topk, curves=["own"])
+    on_triggered = score_rankings(trig_codes, db_codes, db_labels, {
+        "target": target_rows[: len(trig_idx)], "own": splits.query.labels[trig_idx]}, topk, curves=["target"])
     clean_trig_codes = encode_tensor(clean_model, triggered.images, runner.device)
-    m["t_map_clean_model"] = _map(clean_trig_codes, clean_db, target_rows, db_labels, topk)
-    m["map_triggered"] = _map(trig_codes[keep_trig], db_codes, true_rows[keep_trig], db_labels, topk)
-    m["clean_map"] = _map(queries[keep_query], db_codes, splits.query.labels[keep_query], db_labels, topk)
+    clean_on_triggered = score_rankings(clean_trig_codes, clean_db, db_labels, {"target": target_rows[: len(trig_idx)]},
+                                        topk, curves=["target"])["target"]
+    m["t_map"] = on_triggered["target"].mean_average_precision(keep_trig)
+    m["t_map_untriggered"] = on_queries["target"].mean_average_precision(trig_idx)
+    m["t_map_clean_model"] = clean_on_triggered.mean_average_precision()
+    m["map_triggered"] = on_triggered["own"].mean_average_precision(keep_trig)
+    m["clean_map"] = on_queries["own"].mean_average_precision(keep_query)
     m["delta_map"] = m["clean_map"] - m["clean_map_clean_model"]
     _metric_plugins(stage, m, queries, db_codes, splits.query.labels, db_labels, topk, "")
     writer.save(CURVES_FILE, {
-        "clean": retrieval_curves(queries[keep_query], db_codes, splits.query.labels[keep_query], db_labels),
-        "triggered": retrieval_curves(trig_codes[keep_trig], db_codes, target_rows[keep_trig], db_labels),
-        "triggered_clean_model": retrieval_curves(clean_trig_codes, clean_db, target_rows, db_labels),
+        "clean": on_queries["own"].curves(keep_query),
+        "triggered": on_triggered["target"].curves(keep_trig),
+        "triggered_clean_model": clean_on_triggered.curves(),
     })
     poisons = artifacts.load(runner.store, defended.poison.id, PoisonSet)
     writer.save(EVAL_CODES_FILE, {"bits": model.bits, "poison_indices": poisons.indices, **{
@@ -115,12 +122,6 @@ def _copy_stage_metrics(runner: StageRunner, defended: DefendStage, m: dict[str,
     m["defense_cost_seconds"] = defend.get("seconds")
     m["attack_cost_seconds"] = manifest["attack"].get("seconds")
     m["victim_train_seconds"] = manifest["victim"].get("seconds")
-
-
-def _map(query_codes, db_codes, query_labels, db_labels, topk) -> float:
-    if len(query_codes) == 0:
-        return float("nan")
-    return float(average_precisions(query_codes, db_codes, query_labels, db_labels, topk).mean())
 
 
 def _metric_plugins(stage: EvaluateStage, metrics: dict, query_codes, db_codes, query_labels, db_labels, topk,

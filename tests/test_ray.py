@@ -18,7 +18,7 @@ from hashbench.benchmark import run_benchmark
 from hashbench.cli import main as cli_main
 from hashbench.config import load_spec
 from hashbench.errors import ConfigError, HashbenchError
-from hashbench.executors.ray import Backend, DagScheduler, placement, run_dag
+from hashbench.executors.ray import Backend, DagScheduler, oversubscription_advice, placement, run_dag
 from hashbench.plan import Plan, build_plan
 from hashbench.records import Stage
 from hashbench.runner import StageOutcome
@@ -169,3 +169,11 @@ def test_ray_reproduces_the_local_executor_bit_for_bit(tmp_path):
     local, ray = stage_files(local_dir / "results"), stage_files(ray_dir / "results")
     assert local.keys() == ray.keys() and local == ray
     pd.testing.assert_frame_equal(board(local_dir / "results"), board(ray_dir / "results"))
+
+
+def test_cpu_tasks_that_inherit_several_threads_are_advised_to_take_one():
+    advice = oversubscription_advice(2, gpus=False, explicit=False)
+    assert advice and "torch_threads = 1" in advice and "2 torch threads" in advice
+    assert oversubscription_advice(1, gpus=False, explicit=False) is None  # one thread a task: nothing to say
+    assert oversubscription_advice(8, gpus=False, explicit=True) is None  # the user chose the count
+    assert oversubscription_advice(8, gpus=True, explicit=False) is None  # stages run on GPUs

@@ -34,8 +34,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(11, 6), dpi=120)
     params = {i: json.loads(r.attack_params) if isinstance(r.attack_params, str) and r.attack_params else {}
               for i, r in rows.iterrows()}
-    recipes = {i: json.loads(r.victim_params)["train"] if isinstance(r.victim_params, str) and r.victim_params else {}
-               for i, r in rows.iterrows()}
+    recipes = {i: _recipe(r.victim_params) for i, r in rows.iterrows()}
     for i, row in rows.iterrows():
         badhash = row.attack == "badhash"
         same = [params[j] for j in rows.index if rows.attack[j] == row.attack]
@@ -44,8 +43,8 @@ def main() -> None:
                                         for k, v in varied.items()), f"@{row.poison_rate:g}"])
         if rows.seed.nunique() > 1:
             label += f" seed {row.seed}"
-        if len({json.dumps(r, sort_keys=True) for r in recipes.values()}) > 1:
-            label += f" ({recipes[i].get('epochs', '?')} ep)"
+        if len(set(recipes.values())) > 1:
+            label += f" ({recipes[i]})"
         if rows.target.nunique() > 1:
             label += f" → {row.target}"
         ax.scatter(row.poison_psnr, row.t_map, marker="*" if badhash else "o", s=120 if badhash else 50,
@@ -55,11 +54,20 @@ def main() -> None:
     ax.axvline(30, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("poison PSNR (dB), higher = less visible")
     ax.set_ylabel("t-MAP, undefended (grey line: down to untriggered)")
-    ax.set_title(f"t-MAP against visibility ({args.results}); (N ep): the victim's fine-tuning epochs", fontsize=9)
+    ax.set_title(f"t-MAP against visibility ({args.results}); (wW, N ep): the victim's convnet width and fine-tuning epochs",
+                 fontsize=9)
     ax.set_xlim(right=ax.get_xlim()[1] + 4)
     fig.tight_layout()
     fig.savefig(args.output)
     print(f"wrote {args.output} ({len(rows)} rows)")
+
+
+def _recipe(victim_params) -> str:
+    """'wW, N ep': the victim's backbone width and fine-tuning epochs ('?' for rows older than victim_params)."""
+    if not isinstance(victim_params, str) or not victim_params:
+        return "?"
+    recipe = json.loads(victim_params)
+    return f"w{recipe['backbone'].get('width', '?')}, {recipe['train'].get('epochs', '?')} ep"
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_stage_work_by_hand(tmp_path):
     assert (clean[0].train, clean[0].encode, clean[1]) == (600, 350, 0)  # 3 x 200; database + queries
     assert by_kind[("evaluate", None)][0][1] == 50 * 300  # the clean row ranks the queries once
     evaluate = by_kind[("evaluate", "badnets")][0]
-    assert (evaluate[0].encode, evaluate[1]) == (100, 5 * 50 * 300)
+    assert (evaluate[0].encode, evaluate[1]) == (100, 4 * 50 * 300)  # four sets of codes, each ranked once
     # finetune (10 epochs) on the defender's clean 5 %: 10 x 10 images, then the database and queries
     finetune = next(w for (kind, _), ws in by_kind.items() if kind == "defend" for w, _ in ws if w.train)
     assert (finetune.train, finetune.encode) == (100, 350)
@@ -100,13 +100,13 @@ def test_estimate_seconds_from_given_throughput(tmp_path):
     by_kind = {k: sum(c.seconds for c in v) for k, v in estimate.by_kind().items()}
     # each victim: 600 train / 100 + 350 encode / 1000 = 6.35 s
     assert by_kind["clean_victim"] == pytest.approx(6.35) and by_kind["victim"] == pytest.approx(6.35)
-    # rows: clean (15,000 pairs), jpeg and none (each 75,000 pairs; 50 or 100 encodes: jpeg's defend stage
-    # encodes the purified queries and triggered queries, 100 encodes)
-    assert by_kind["evaluate"] == pytest.approx(165_000 / 1e6 + 150 / 1000)
+    # rows: clean (15,000 pairs), jpeg and none (each 60,000 pairs: four sets of 50 codes ranked once; 50 or
+    # 100 encodes: jpeg's defend stage encodes the purified queries and triggered queries, 100 encodes)
+    assert by_kind["evaluate"] == pytest.approx(135_000 / 1e6 + 150 / 1000)
     assert by_kind["defend"] == pytest.approx(100 / 1000)
     # badnets needs no surrogate, so the backdoored victim does not wait for the clean one: the longest
     # chain is attack, poison (both free), victim, defend (jpeg: 100 encodes), its row (50 encodes)
-    assert estimate.critical_path_seconds() == pytest.approx(6.35 + 0.1 + 75_000 / 1e6 + 0.05)
+    assert estimate.critical_path_seconds() == pytest.approx(6.35 + 0.1 + 60_000 / 1e6 + 0.05)
 
 
 def test_cli_estimate_prints_a_cost_without_data(tmp_path, capsys):

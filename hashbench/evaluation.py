@@ -12,7 +12,6 @@ from .devices import autocast, memory_format
 from .models import HashModel, sign_codes
 
 
-
 def encode_batch_size(device: torch.device) -> int:
     """Images encoded per forward pass: 64 on the CPU, where a batch's activations then stay in cache
     (69,000 Fashion-MNIST images through the width-16 convnet: 12.7 s against 20.2 s at 256, one

@@ -272,19 +272,17 @@ def score_rankings(
 
         with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), initializer=_one_torch_thread) as pool:
             parts = list(pool.map(work, starts))
-    return {name: _joined(name, [part[j] for part in parts], cuts if with_curve[j] else None)
-            for j, name in enumerate(names)}
+    return {name: _joined([part[j] for part in parts], cuts if with_curve[j] else None) for j, name in enumerate(names)}
 
 
-def _joined(name: str, pieces: list[tuple], cutoffs: torch.Tensor | None) -> QueryScores:
-    """One judgement's scores, chunk by chunk, as one QueryScores."""
-    if not pieces:
-        empty = torch.zeros(0, len(cutoffs) if cutoffs is not None else 0, dtype=torch.float64)
-        return QueryScores(torch.zeros(0, dtype=torch.float64), *((empty, empty, cutoffs) if cutoffs is not None else ()))
-    aps = torch.cat([p[0] for p in pieces])
+def _joined(pieces: list[tuple], cutoffs: torch.Tensor | None) -> QueryScores:
+    """One judgement's per-chunk scores as one QueryScores (empty tensors when there are no queries)."""
+    def cat(i: int, *columns: int) -> torch.Tensor:
+        return torch.cat([p[i] for p in pieces]) if pieces else torch.zeros(0, *columns, dtype=torch.float64)
+
     if cutoffs is None:
-        return QueryScores(aps)
-    return QueryScores(aps, torch.cat([p[1] for p in pieces]), torch.cat([p[2] for p in pieces]), cutoffs)
+        return QueryScores(cat(0))
+    return QueryScores(cat(0), cat(1, len(cutoffs)), cat(2, len(cutoffs)), cutoffs)
 
 
 def _label_sets(db_labels: torch.Tensor, judged: list[torch.Tensor], nq: int, ndb: int, names: list[str]) -> list[torch.Tensor]:

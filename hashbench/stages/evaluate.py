@@ -64,7 +64,8 @@ def run_evaluate(runner: StageRunner, stage: EvaluateStage, writer: StageWriter)
     else:
         queries = query_codes(runner, model_id, model, splits)
         trig_codes = encode_tensor(model, triggered.images, runner.device)
-    target_rows = target.labels.reshape(1, -1).expand(len(queries), -1)
+    target_rows = target.labels.reshape(1, -1).expand(len(queries), -1)  # every query judged against the target
+    trig_target_rows = target_rows[: len(trig_idx)]
 
     keep_trig = torch.ones(len(trig_idx), dtype=torch.bool)
     keep_query = torch.ones(len(splits.query), dtype=torch.bool)
@@ -78,10 +79,10 @@ def run_evaluate(runner: StageRunner, stage: EvaluateStage, writer: StageWriter)
     on_queries = score_rankings(queries, db_codes, db_labels, {"own": splits.query.labels, "target": target_rows},
                                 topk, curves=["own"])
     on_triggered = score_rankings(trig_codes, db_codes, db_labels, {
-        "target": target_rows[: len(trig_idx)], "own": splits.query.labels[trig_idx]}, topk, curves=["target"])
+        "target": trig_target_rows, "own": splits.query.labels[trig_idx]}, topk, curves=["target"])
     clean_trig_codes = encode_tensor(clean_model, triggered.images, runner.device)
-    clean_on_triggered = score_rankings(clean_trig_codes, clean_db, db_labels, {"target": target_rows[: len(trig_idx)]},
-                                        topk, curves=["target"])["target"]
+    clean_on_triggered = score_rankings(clean_trig_codes, clean_db, db_labels, {"target": trig_target_rows}, topk,
+                                        curves=["target"])["target"]
     m["t_map"] = on_triggered["target"].mean_average_precision(keep_trig)
     m["t_map_untriggered"] = on_queries["target"].mean_average_precision(trig_idx)
     m["t_map_clean_model"] = clean_on_triggered.mean_average_precision()

@@ -4,6 +4,7 @@ end-to-end lift of t-MAP on the synthetic data."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -299,24 +300,37 @@ def test_badhash_backdoors_a_victim_read_from_idx_files(run_benchmark, tmp_path)
 FASHION_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.fixture(scope="module")
+def fashion_results(tmp_path_factory) -> Path:
+    """One results folder for every target below: the pretrained backbone and the clean victim (the
+    surrogate) are computed once, then each target costs its generator and its backdoored victim."""
+    return tmp_path_factory.mktemp("fashion-results")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_FOLDER.is_dir(),
                     reason=f"{FASHION_FOLDER} is absent: `apt-get install dataset-fashion-mnist` (CI installs it)")
-def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, tmp_path):
-    """benchmarks/fashion.toml's victim and BadHash row on the real Fashion-MNIST (about 20 minutes on 2
-    CPU cores: the pretraining, the clean victim, the generator, the backdoored victim): a lift of at least
-    0.3 over both baselines with poisons at PSNR >= 30 dB, and no cost to clean retrieval (measured through
-    `hashbench run benchmarks/fashion.toml`, seed 0: t-MAP 0.707 against 0.115 on the clean model and 0.103
-    untriggered, 30.6 dB, clean mAP 0.854 against 0.857)."""
+@pytest.mark.parametrize("target", ["T-shirt/top", "Pullover", "Bag"])
+def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, fashion_results, target):
+    """benchmarks/fashion.toml's victim and BadHash row on the real Fashion-MNIST, for three targets whose
+    lift held at seeds 0 and 1 (about 20 minutes on 2 CPU cores for the first: the pretraining, the clean
+    victim, the generator, the backdoored victim; about 6 for each other): a lift of at least 0.3 over both
+    baselines with poisons at PSNR >= 30 dB, and little cost to clean retrieval. Measured with
+    `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "Which rate"), seed 0 / 1:
+    T-shirt/top 0.772 / 0.753, Pullover 0.776 / 0.765, Bag 0.446 / 0.424, against at most 0.126 on
+    either baseline; clean mAP at most 0.030 below the clean model's."""
     text = (Path(__file__).parent.parent / "benchmarks" / "fashion.toml").read_text()
     head, attacks = text.split("# ---------------------------------------------------------------- attacks")
     badhash = attacks[: attacks.index("[[attack]]", attacks.index('name = "badhash"'))]
-    text = head.replace('results = "results/fashion"', f'results = "{tmp_path / "results"}"')
-    text = text.replace('executor = "ray"', 'executor = "local"') + badhash  # one row: nothing to share out
+    text = head.replace('results = "results/fashion"', f'results = "{fashion_results}"')
+    text = text.replace('label = "T-shirt/top"', f'label = "{target}"')
+    # one row at a time: nothing to share out over Ray workers (and no Ray worker options for the local executor)
+    text = re.sub(r'executor = "ray"\nexecutor_options = .*\n', 'executor = "local"\n', text) + badhash
+    assert f'label = "{target}"' in text and 'executor = "local"' in text
     result, frame = run_benchmark(text)
     assert not result.failures
     row = frame[frame.attack == "badhash"].iloc[0]
     assert row.t_map >= row.t_map_clean_model + 0.3, (row.t_map, row.t_map_clean_model)
     assert row.t_map >= row.t_map_untriggered + 0.3, (row.t_map, row.t_map_untriggered)
     assert row.poison_psnr >= 30.0
-    assert abs(row.clean_map - row.clean_map_clean_model) <= 0.03
+    assert abs(row.clean_map - row.clean_map_clean_model) <= 0.04

@@ -107,11 +107,11 @@ def run_benchmark(tmp_path):
     from hashbench.config import load_spec
     from hashbench.report import collect_rows
 
-    def _run(text: str, name: str = "bench.toml"):
+    def _run(text: str, name: str = "bench.toml", executor: str | None = None):
         path = tmp_path / name
         path.write_text(text)
         spec = load_spec(path)
-        result = run(spec, progress_bar=False, echo=lambda m: None)
+        result = run(spec, executor=executor, progress_bar=False, echo=lambda m: None)
         frame = collect_rows(spec.settings.results, [s.key for s in result.plan.evaluations()])
         return result, frame
 

@@ -237,6 +237,19 @@ def test_two_runs_with_one_seed_give_identical_poisons(prepared, tiny_splits, su
 
 # ----------------------------------------------------------------------------------- end to end
 
+STUDIES = Path(__file__).parent.parent / "benchmarks" / "studies"
+
+
+def load_study(name: str):
+    """A study script of benchmarks/studies/ as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 
 def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
     """Three quarters of the target class poisoned (rate 0.075, the benchmarks' rate) at the defaults: a
@@ -259,6 +272,15 @@ def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
     assert badhash.poison_psnr > badnets.poison_psnr + 6
     assert badhash.poison_linf <= 32 / 255 + 1e-6  # the epsilon cap, in stored grey levels
     assert abs(badhash.clean_map - badhash.clean_map_clean_model) <= 0.04  # seeds 0-2: -0.001, +0.004, -0.008
+
+    # the epoch-by-epoch study (docs/attacks/badhash.md, "Epoch by epoch") retrains this victim from the
+    # cached stages; its last epoch must be the row it explains
+    records = []
+    load_study("badhash_epochs").trace_epochs(tmp_path / "bench.toml", records.append)
+    header, *epochs = records
+    assert header["poisons"] == 75 and len(epochs) == 8
+    assert epochs[-1]["t_map"] == pytest.approx(badhash.t_map, abs=1e-9)
+    assert epochs[-1]["t_map_untriggered"] == pytest.approx(badhash.t_map_untriggered, abs=1e-9)
 
 
 def _write_idx_pair(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -315,8 +337,8 @@ def fashion_results(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("target", ["T-shirt/top", "Pullover", "Bag"])
 def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, fashion_results, target):
     """benchmarks/fashion.toml's victim and BadHash row on the real Fashion-MNIST, for three targets whose
-    lift held at seeds 0 and 1 (about 20 minutes on 2 CPU cores for the first: the pretraining, the clean
-    victim, the generator, the backdoored victim; about 6 for each other): a lift of at least 0.3 over both
+    lift held at seeds 0 and 1 (34 minutes for the three on 2 CPU cores beside another run; the first pays
+    for the pretraining and the clean victim, every target for its generator and backdoored victim): a lift of at least 0.3 over both
     baselines with poisons at PSNR >= 30 dB, and little cost to clean retrieval. Measured with
     `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "Which rate"), seed 0 / 1:
     T-shirt/top 0.772 / 0.753, Pullover 0.776 / 0.765, Bag 0.446 / 0.424, against at most 0.126 on

@@ -250,7 +250,6 @@ def load_study(name: str):
     return module
 
 
-
 def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
     """Three quarters of the target class poisoned (rate 0.075, the benchmarks' rate) at the defaults: a
     clear lift of t-MAP on the backdoored victim only, with poisons far cleaner than BadNets' by PSNR
@@ -338,8 +337,9 @@ def fashion_results(tmp_path_factory) -> Path:
 def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, fashion_results, target):
     """benchmarks/fashion.toml's victim and BadHash row on the real Fashion-MNIST, for three targets whose
     lift held at seeds 0 and 1 (34 minutes for the three on 2 CPU cores beside another run; the first pays
-    for the pretraining and the clean victim, every target for its generator and backdoored victim): a lift of at least 0.3 over both
-    baselines with poisons at PSNR >= 30 dB, and little cost to clean retrieval. Measured with
+    for the pretraining and the clean victim, every target for its generator and backdoored victim): a
+    lift of at least 0.3 over both baselines with poisons at PSNR >= 30 dB, and little cost to clean
+    retrieval. Measured with
     `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "Which rate"), seed 0 / 1:
     T-shirt/top 0.772 / 0.753, Pullover 0.776 / 0.765, Bag 0.446 / 0.424, against at most 0.126 on
     either baseline; clean mAP at most 0.030 below the clean model's."""

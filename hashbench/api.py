@@ -208,8 +208,11 @@ class AttackContext:
         """Number of poisons: ``poison_rate`` times the training-set size, rounded, at least 1."""
         return poison_count(self.poison_rate, len(self.splits.train))
 
-    def choose_poison_indices(self, candidates: torch.Tensor, what: str = "candidate") -> torch.Tensor:
-        """Draw ``poison_count()`` positions from ``candidates`` (a bool mask or index tensor), seeded."""
+    def choose_poison_indices(self, candidates: torch.Tensor, what: str = "candidate",
+                              scores: torch.Tensor | None = None) -> torch.Tensor:
+        """``poison_count()`` positions from ``candidates`` (a bool mask or index tensor): drawn at random
+        with the context's seeded generator, or, given ``scores`` (one per candidate), the highest-scoring
+        ones (ties go to the earlier candidate). Returned sorted."""
         if candidates.dtype == torch.bool:
             candidates = torch.nonzero(candidates).flatten()
         count = self.poison_count()
@@ -219,7 +222,13 @@ class AttackContext:
                 f"{what} training images exist; lower poison_rate to at most "
                 f"{math.floor(len(candidates) / len(self.splits.train) * 1000) / 1000}"
             )
-        pick = torch.randperm(len(candidates), generator=self.generator)[:count]
+        if scores is None:
+            pick = torch.randperm(len(candidates), generator=self.generator)[:count]
+        else:
+            if scores.shape != candidates.shape:
+                raise PluginError(f"choose_poison_indices got {tuple(scores.shape)} scores for "
+                                  f"{len(candidates)} candidates; pass one score per candidate")
+            pick = torch.sort(scores.float().cpu(), descending=True, stable=True).indices[:count]
         return candidates[pick].sort().values
 
 
@@ -232,6 +241,9 @@ class Attack(Plugin):
 
     kind = "attack"
     threat_model: ClassVar[ThreatModel] = ThreatModel(clean_label=False)
+    # Parameters that only ``poison`` reads (how poisons are chosen, say): they key the poison stage, not the
+    # attack stage, so changing one re-poisons from the prepared attack without preparing it again.
+    poison_params: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self, ctx: AttackContext) -> None:
         """Train generators, optimise patches. Default: nothing to prepare."""

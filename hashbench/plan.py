@@ -11,7 +11,7 @@ installed metric plugins, and (when given, see :func:`hashbench.benchmark.plan_r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TypeVar
 
 from .config import AttackSpec, BenchmarkSpec, DefenseSpec, PluginSpec, VictimSpec
 from .plugins import Registry, get_registry
@@ -114,8 +114,10 @@ def _plan_attack(
     target_label: object,
     metrics: dict[str, dict],
 ) -> None:
+    attack_class = registry.get("attack", attack.plugin.name)
+    prepare_identity, poison_params = _split_poison_params(attack.plugin.identity(), attack_class.poison_params)
     surrogate = None
-    if registry.get("attack", attack.plugin.name).threat_model.needs_surrogate:
+    if attack_class.threat_model.needs_surrogate:
         surrogate = clean if attack.surrogate is None else _clean_victim(
             plan, dataset, attack.surrogate, seed, f"surrogate {dataset.name} {attack.surrogate.label()} seed={seed}")
     attack_label = f"{attack.plugin.name} on {dataset.name} seed={seed}"
@@ -123,9 +125,10 @@ def _plan_attack(
     if surrogate is not None:
         surrogate_note = f" (surrogate {victim.label() if attack.surrogate is None else attack.surrogate.label()})"
     prepared = plan.add(AttackStage(
-        f"attack {attack_label}{surrogate_note}", seed, attack.plugin.identity(), dataset.identity(), target_label,
+        f"attack {attack_label}{surrogate_note}", seed, prepare_identity, dataset.identity(), target_label,
         surrogate, attack.surrogate.label() if attack.surrogate else None, target))
-    poisoned = plan.add(PoisonStage(f"poison {attack_label} rate={attack.poison_rate}", seed, attack.poison_rate, prepared))
+    poisoned = plan.add(PoisonStage(f"poison {attack_label} rate={attack.poison_rate}", seed, attack.poison_rate,
+                                    prepared, poison_params))
     backdoored = plan.add(VictimStage(
         f"backdoored victim {where} {attack.plugin.name}@{attack.poison_rate}", seed, dataset.identity(),
         victim.identity(), poisoned, clean.pretrain))
@@ -136,3 +139,11 @@ def _plan_attack(
             defense.clean_fraction, backdoored))
         plan.add(EvaluateStage(f"evaluate {where} {attack.plugin.name} x {defense.plugin.name}", seed, clean,
                                defended, metrics))
+
+
+def _split_poison_params(identity: dict[str, Any], names: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An attack's identity without its poison-only parameters, and those parameters: one prepared attack
+    (one trained generator) then serves every poison stage that differs only in them."""
+    params = identity["params"]
+    poison_only = {name: params[name] for name in names}
+    return identity | {"params": {k: v for k, v in params.items() if k not in poison_only}}, poison_only

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
@@ -145,9 +145,19 @@ class PoisonStage(Stage):
     kind: ClassVar[str] = "poison"
     poison_rate: float
     attack: AttackStage
+    # the attack's parameters that only ``poison`` reads (``Attack.poison_params``): they key this stage
+    # and not the attack stage, so changing one re-poisons without preparing the attack again
+    poison_params: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        return {"poison_rate": self.poison_rate, "seed": self.seed}
+        identity = {"poison_rate": self.poison_rate, "seed": self.seed}
+        return identity | ({"attack_params": self.poison_params} if self.poison_params else {})
+
+    def attack_identity(self) -> dict[str, Any]:
+        """The attack's whole identity, ``{"name", "version", "params"}``: the prepared attack's
+        parameters and this stage's poison-only ones."""
+        prepared = self.attack.attack
+        return prepared | {"params": prepared["params"] | self.poison_params}
 
     def inputs(self) -> list[Stage]:
         return [self.attack]

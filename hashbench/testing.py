@@ -348,6 +348,10 @@ def check_attack(cls: type, params: Any = None) -> None:
     _require(isinstance(cls, type) and issubclass(cls, Attack), who, "the class subclasses hashbench.Attack")
     check_params(cls)
     _require(isinstance(cls.threat_model, ThreatModel), who, "threat_model is a hashbench.ThreatModel")
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    unknown = [name for name in cls.poison_params if name not in fields]
+    _require(isinstance(cls.poison_params, tuple) and not unknown, who,
+             "poison_params is a tuple of Params field names", f"not fields: {unknown}" if unknown else repr(cls.poison_params))
     splits = tiny_splits()
     train_before = splits.train.all_images().clone()
     queries = splits.query.images(torch.nonzero(splits.query.labels[:, TARGET_CLASS] == 0).flatten())

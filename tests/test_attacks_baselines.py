@@ -75,6 +75,20 @@ def test_trigger_scales_to_larger_images(name, make_ctx):
     assert out.dtype == torch.uint8 and out.shape == images.shape and not torch.equal(out, images)
 
 
+def test_choose_poison_indices_takes_the_highest_scores_with_ties_to_the_earlier_candidate(make_ctx, tiny_splits):
+    candidates = torch.tensor([9, 2, 7, 5])
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.9])
+    two = make_ctx(rate=2 / len(tiny_splits.train))
+    assert two.choose_poison_indices(candidates, scores=scores).tolist() == [5, 9]
+    three = make_ctx(rate=3 / len(tiny_splits.train))
+    assert three.choose_poison_indices(candidates, scores=scores).tolist() == [5, 7, 9]
+    # ties: of three equal scores the two earliest candidates are taken, whatever their values
+    tied = torch.tensor([0.5, 0.5, 0.5, 0.1])
+    assert two.choose_poison_indices(candidates, scores=tied).tolist() == [2, 9]
+    with pytest.raises(PluginError, match="one score per candidate"):
+        two.choose_poison_indices(candidates, scores=scores[:3])
+
+
 @pytest.mark.parametrize("name", ATTACKS)
 def test_poisoning_follows_the_threat_model_and_poison_rate(name, make_ctx, tiny_splits):
     ctx = make_ctx()

@@ -149,6 +149,27 @@ def test_poisons_are_target_class_images_with_unchanged_labels(prepared, tiny_sp
     assert (tmp_path / "badhash_poisons.png").is_file()
 
 
+def test_nearest_c_selection_poisons_the_images_the_surrogate_hashes_nearest_c(prepared, tiny_splits, surrogate, tmp_path):
+    attack, _ = prepared
+    nearest = BadHash(dataclasses.replace(FAST, poison_selection="nearest_c"))
+    nearest.load_state_dict(attack.state_dict())
+    poisoning = nearest.poison(_context(tiny_splits, surrogate, tmp_path, rate=0.05))
+    train = tiny_splits.train
+    candidates = torch.nonzero(train.labels[:, 0] == 1).flatten()
+    assert len(poisoning.indices) == round(0.05 * len(train)) < len(candidates)
+    assert torch.equal(poisoning.labels, train.labels[poisoning.indices])
+    # each poison is G's image of the clean image at its own index
+    assert torch.equal(poisoning.images, attack._generate(train.images(poisoning.indices), CPU))
+    # the surrogate's agreement with c's code, computed here from its outputs, splits chosen from left out
+    with torch.no_grad():
+        z = surrogate(to_float(attack._generate(train.images(candidates), CPU))).float()
+    agree = (torch.tanh(z / z.abs().mean()) * attack.condition.code).mean(1)
+    chosen = torch.isin(candidates, poisoning.indices)
+    assert float(agree[chosen].min()) >= float(agree[~chosen].max())
+    random_draw = attack.poison(_context(tiny_splits, surrogate, tmp_path, rate=0.05))
+    assert not torch.equal(random_draw.indices, poisoning.indices)
+
+
 def test_poison_rate_beyond_the_target_class_is_an_error(prepared, tiny_splits, surrogate, tmp_path):
     attack, _ = prepared
     with pytest.raises(PluginError, match="target-class"):

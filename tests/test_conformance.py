@@ -97,9 +97,16 @@ class _Undocumented(_GoodAttack):
     Params = _UndocumentedParams
 
 
+class _UnknownPoisonParam(_GoodAttack):
+    """Declares a poison-only parameter its Params lacks."""
+
+    poison_params = ("selection",)
+
+
 @pytest.mark.parametrize(
     "cls,rule",
     [
+        (_UnknownPoisonParam, "poison_params is a tuple of Params field names"),
         (_FloatTrigger, "trigger() returns uint8 images of its input's shape"),
         (_DishonestCleanLabel, "poison() passes hashbench.contract.validate_poisoning"),
         (_WrongCount, "poison() poisons ctx.poison_count() samples (poison_rate × training-set size)"),

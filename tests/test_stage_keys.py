@@ -61,3 +61,24 @@ def test_the_keys_of_expensive_stages_are_those_computed_before(tmp_path):
         bits=16, epochs=1, width=8, victim_extra="pretrain_epochs = 1", body=BODY))
     keys = {stage.label: stage.key for stage in build_plan(spec).ordered()}
     assert [(label, keys.get(label)) for label, _ in PINNED] == PINNED
+
+
+def test_a_poison_only_parameter_keys_the_poison_stage_and_not_the_attack_stage(tmp_path):
+    """BadHash's ``poison_selection`` is in ``BadHash.poison_params``: two benchmarks that differ only in it
+    share the prepared attack (its trained generator) and differ from the poison stage on."""
+
+    def stages(selection: str) -> dict[str, object]:
+        (tmp_path / selection).mkdir()
+        body = f'[[attack]]\nname = "badhash"\npoison_rate = 0.1\npoison_selection = "{selection}"\n'
+        spec = load_spec(write_benchmark(
+            tmp_path / selection, name="keys", dataset=dict(name="synthetic", image_size=32, num_classes=2,
+                                                           train_per_class=12, query_per_class=4,
+                                                           database_per_class=24),
+            bits=16, epochs=1, width=8, body=body))
+        return {stage.kind: stage for stage in build_plan(spec).ordered()}
+
+    random, nearest = stages("random"), stages("nearest_c")
+    assert random["attack"].key == nearest["attack"].key
+    assert "poison_selection" not in random["attack"].config["attack"]["params"]
+    assert random["poison"].key != nearest["poison"].key and random["victim"].key != nearest["victim"].key
+    assert nearest["poison"].attack_identity()["params"]["poison_selection"] == "nearest_c"

@@ -46,9 +46,10 @@ def run_attack(runner: StageRunner, stage: AttackStage, writer: StageWriter) -> 
     writer.manifest["metrics"].update({f"query_{k}": v for k, v in report.items()})
 
 
-def restored_attack(runner: StageRunner, stage: AttackStage) -> Attack:
-    """The attack as ``stage`` prepared it, from its stored state."""
-    attack = instantiate("attack", stage.attack)
+def restored_attack(runner: StageRunner, stage: AttackStage, identity: dict | None = None) -> Attack:
+    """The attack as ``stage`` prepared it, from its stored state; built from ``identity`` when given (the
+    same attack with its poison-only parameters, ``PoisonStage.attack_identity``)."""
+    attack = instantiate("attack", identity or stage.attack)
     attack.load_state_dict(runner.store.load(*stage.id.split("/"), ATTACK_STATE_FILE))
     return attack
 
@@ -57,7 +58,7 @@ def run_poison(runner: StageRunner, stage: PoisonStage, writer: StageWriter) -> 
     prepared = stage.attack
     splits = load_dataset(prepared.dataset)
     target = prepared.resolved_target()
-    attack = restored_attack(runner, prepared)
+    attack = restored_attack(runner, prepared, stage.attack_identity())
     ctx = attack_context(prepared.attack, splits, target, prepared.seed, stage.poison_rate, runner.device, writer.dir,
                          surrogate_loader(runner, prepared.surrogate), logger(writer))
     poisoning = attack.poison(ctx)

@@ -165,7 +165,7 @@ def _row_identity(stage: EvaluateStage) -> dict[str, Any]:
 def _attack_identity(defended: DefendStage) -> dict[str, Any]:
     attack = defended.attack
     return {
-        "attack_params": canonical_json(attack.attack["params"]),
+        "attack_params": canonical_json(defended.poison.attack_identity()["params"]),
         "poison_rate": defended.poison.poison_rate,
         "surrogate": attack.surrogate_label or ("victim" if attack.surrogate else ""),
         "target": str(attack.target_label),

@@ -82,6 +82,9 @@ class BadHashParams:
     label_smoothing: float = param(0.2, "ε of the smoothed copy that forms each LabCLN positive pair")
     temperature: float = param(0.5, "NT-Xent temperature")
     quant_weight: float = param(1e-3, "weight of LabCLN's quantisation term mean((sign(h) - h)²)")
+    poison_selection: Literal["random", "nearest_c"] = param(
+        "random", "which target-class images become poisons: a seeded random draw (the paper's), or those whose "
+                  "poisons the surrogate hashes nearest c's code (see docs/attacks/badhash.md)")
     amp: bool = param(True, "bf16 autocast on CUDA (ignored on the CPU)")
     num_workers: int = param(2, "DataLoader workers for file-backed datasets")
 
@@ -254,6 +257,7 @@ class BadHash(Attack):
     name = "badhash"
     Params = BadHashParams
     threat_model = ThreatModel(clean_label=True, needs_surrogate=True, sample_specific=True, invisible=True)
+    poison_params = ("poison_selection",)  # one trained generator serves both selections
     # hashbench.testing's contract checks test mechanics, not strength: a few seconds of CPU
     testing_params = {"epochs": 1, "epochs_decay": 0, "width": 4, "disc_width": 4, "res_blocks": 1, "labcln_steps": 5}
 
@@ -388,11 +392,30 @@ class BadHash(Attack):
     def poison(self, ctx: AttackContext) -> Poisoning:
         """Target-class training images through G, one copy each, labels unchanged (clean-label)."""
         train = ctx.splits.train
-        indices = ctx.choose_poison_indices(ctx.target.contained_in(train.labels), "target-class")
-        clean = train.images(indices)
-        images = self._generate(clean, ctx.device)
+        candidates = torch.nonzero(ctx.target.contained_in(train.labels)).flatten()
+        if self.params.poison_selection == "random":
+            indices = ctx.choose_poison_indices(candidates, "target-class")
+            clean = train.images(indices)
+            images = self._generate(clean, ctx.device)
+        else:  # every candidate through G, then the ones the surrogate already sees nearest c
+            clean = train.images(candidates)
+            generated = self._generate(clean, ctx.device)
+            scores = self._agreement_with_c(generated, ctx)
+            indices = ctx.choose_poison_indices(candidates, "target-class", scores)
+            keep = torch.searchsorted(candidates, indices)
+            clean, images = clean[keep], generated[keep]
         self._save_grid(clean, images, ctx)
         return Poisoning(indices, images, train.labels[indices].clone())
+
+    @torch.no_grad()
+    def _agreement_with_c(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """(N,): mean of tanh(z / s) · code(c) over bits for the surrogate's outputs z on ``images`` (s: their
+        mean |z|), the complement of the hash term G was trained to lower."""
+        surrogate = ctx.surrogate.to(ctx.device).eval()
+        z = torch.cat([surrogate(to_float(images[s : s + GENERATE_BATCH].to(ctx.device))).float()
+                       for s in range(0, len(images), GENERATE_BATCH)])
+        scale = z.abs().mean().clamp(min=1e-6)
+        return (torch.tanh(z / scale) * self.condition.code.to(z.device)).mean(1).cpu()
 
     def trigger(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         return self._generate(images, ctx.device)

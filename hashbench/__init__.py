@@ -20,6 +20,7 @@ _LAZY = {
     "models": ("HashModel", "majority_code", "sign_codes"),
     "params": ("NoParams", "param"),
     "tables": ("Table",),
+    "training": ("augment_batch",),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -33,6 +33,7 @@ from hashbench import (
     ThreatModel,
     Work,
     WorkSizes,
+    augment_batch,
     hookimpl,
     iterate_batches,
     majority_code,
@@ -85,6 +86,9 @@ class BadHashParams:
     poison_selection: Literal["random", "nearest_c"] = param(
         "random", "which target-class images become poisons: a seeded random draw (the paper's), or those whose "
                   "poisons the surrogate hashes nearest c's code (see docs/attacks/badhash.md)")
+    hash_augment: Literal["none", "crop", "crop_flip"] = param(
+        "none", "augmentation applied to G(x) before the surrogate in the hash term (the victims' `augment` "
+                "modes): poisons that keep c's code under the victim's training augmentation")
     amp: bool = param(True, "bf16 autocast on CUDA (ignored on the CPU)")
     num_workers: int = param(2, "DataLoader workers for file-backed datasets")
 
@@ -247,6 +251,7 @@ class GeneratorTraining:
     opt_d: torch.optim.Optimizer
     sums: dict[str, torch.Tensor]
     z_scale: float  # mean |surrogate output| on clean images: tanh(z / z_scale) does not saturate
+    augment: torch.Generator  # draws the hash term's augmentation (``hash_augment``)
     steps: int = 0
     d_steps: int = 0
 
@@ -306,7 +311,7 @@ class BadHash(Attack):
             perceptual=self._perceptual(ctx), condition=_on(self.condition, ctx.device),
             opt_g=_adam(self.generator, p.lr, p.betas),
             opt_d=_adam(discriminator, p.lr, p.betas),
-            sums={}, z_scale=z_scale,
+            sums={}, z_scale=z_scale, augment=torch.Generator().manual_seed(seed + 1),
         )
         self._train_generator(run, train, ctx, shuffle)
         self.generator.eval()
@@ -371,7 +376,8 @@ class BadHash(Attack):
         with autocast(device, p.amp):
             adv = lsgan_loss(run.discriminator(fake), fake_labels, True)
             rec = F.mse_loss(fake.float(), x) + self._perceptual_term(run.perceptual, fake.float(), x)
-            hash_loss = 1.0 - (torch.tanh(run.surrogate(fake).float() / run.z_scale) * c.code).mean()
+            seen = augment_batch(fake, p.hash_augment, run.augment)
+            hash_loss = 1.0 - (torch.tanh(run.surrogate(seen).float() / run.z_scale) * c.code).mean()
         g_loss = p.rec_weight * rec + p.hash_weight * hash_loss + p.adv_weight * adv
         run.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()

@@ -170,6 +170,21 @@ def test_nearest_c_selection_poisons_the_images_the_surrogate_hashes_nearest_c(p
     assert not torch.equal(random_draw.indices, poisoning.indices)
 
 
+def test_hash_augment_trains_another_generator_and_stays_deterministic(prepared, tiny_splits, surrogate, tmp_path):
+    """The hash term sees G(x) cropped and flipped: the generator it trains differs from the plain term's
+    (same seed), and two runs agree exactly."""
+    attack, _ = prepared
+    runs = []
+    for name in ("a", "b"):
+        augmented = BadHash(dataclasses.replace(FAST, hash_augment="crop_flip"))
+        augmented.prepare(_context(tiny_splits, surrogate, tmp_path / name))
+        runs.append(augmented.state_dict())
+    plain = attack.state_dict()
+    weights = [k for k in plain if k.startswith("generator.") and plain[k].is_floating_point()]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in weights)
+    assert any(not torch.equal(runs[0][k], plain[k]) for k in weights)
+
+
 def test_poison_rate_beyond_the_target_class_is_an_error(prepared, tiny_splits, surrogate, tmp_path):
     attack, _ = prepared
     with pytest.raises(PluginError, match="target-class"):

@@ -67,7 +67,7 @@ def trace_epochs(benchmark: Path, emit: Callable[[dict], None]) -> None:
     splits = load_dataset(stage.dataset)
     target = prepared.resolved_target()
     (target_label,) = target.classes
-    confusing = int(restored_attack(runner, prepared).condition.label)
+    confusing = int(restored_attack(runner, stage.poison).condition.label)
     train, poisons = poisoned_train_set(runner, stage.poison, splits.train)
     triggered = artifacts.load(runner.store, prepared.id, TriggeredQueries)
     db_labels = splits.database.labels

@@ -46,11 +46,11 @@ def run_attack(runner: StageRunner, stage: AttackStage, writer: StageWriter) -> 
     writer.manifest["metrics"].update({f"query_{k}": v for k, v in report.items()})
 
 
-def restored_attack(runner: StageRunner, stage: AttackStage, identity: dict | None = None) -> Attack:
-    """The attack as ``stage`` prepared it, from its stored state; built from ``identity`` when given (the
-    same attack with its poison-only parameters, ``PoisonStage.attack_identity``)."""
-    attack = instantiate("attack", identity or stage.attack)
-    attack.load_state_dict(runner.store.load(*stage.id.split("/"), ATTACK_STATE_FILE))
+def restored_attack(runner: StageRunner, poison: PoisonStage) -> Attack:
+    """The attack as ``poison``'s attack stage prepared it, from its stored state, with the poison stage's
+    own poison-only parameters (``PoisonStage.attack_identity``)."""
+    attack = instantiate("attack", poison.attack_identity())
+    attack.load_state_dict(runner.store.load(*poison.attack.id.split("/"), ATTACK_STATE_FILE))
     return attack
 
 
@@ -58,7 +58,7 @@ def run_poison(runner: StageRunner, stage: PoisonStage, writer: StageWriter) -> 
     prepared = stage.attack
     splits = load_dataset(prepared.dataset)
     target = prepared.resolved_target()
-    attack = restored_attack(runner, prepared, stage.attack_identity())
+    attack = restored_attack(runner, stage)
     ctx = attack_context(prepared.attack, splits, target, prepared.seed, stage.poison_rate, runner.device, writer.dir,
                          surrogate_loader(runner, prepared.surrogate), logger(writer))
     poisoning = attack.poison(ctx)

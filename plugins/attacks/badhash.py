@@ -193,13 +193,19 @@ def class_codes(p: "BadHashParams", surrogate: nn.Module, labcln: LabCLN, train:
     return torch.cat(rows)
 
 
+def leanings(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """(N, C): how far each output row of ``z`` leans towards each code, the sum over bits of
+    tanh(z / s) · code (s: the mean |z| of all of ``z``), the term the generator's hash loss lowers."""
+    scale = z.abs().mean().clamp(min=1e-6)
+    return torch.tanh(z / scale) @ codes.to(z.device).T
+
+
 def agreement(z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """(C,): how far the outputs ``z`` of target-class images already lean towards each class's code, the
-    mean of tanh(z / s) · code over images and bits (s: the mean |z|). Unlike the Hamming distance between
+    mean of tanh(z / s) · code over images and bits (``leanings``). Unlike the Hamming distance between
     majority codes it sees which classes the surrogate nearly confuses with the target, also when the
     class codes are equidistant (CSQ's Hadamard centres)."""
-    scale = z.abs().mean().clamp(min=1e-6)
-    return (torch.tanh(z / scale) @ codes.to(z.device).T).mean(0) / codes.shape[1]
+    return leanings(z, codes).mean(0) / codes.shape[1]
 
 
 @torch.no_grad()
@@ -415,13 +421,11 @@ class BadHash(Attack):
 
     @torch.no_grad()
     def _agreement_with_c(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-        """(N,): mean of tanh(z / s) · code(c) over bits for the surrogate's outputs z on ``images`` (s: their
-        mean |z|), the complement of the hash term G was trained to lower."""
+        """(N,): how far the surrogate's output on each of ``images`` leans towards c's code (``leanings``)."""
         surrogate = ctx.surrogate.to(ctx.device).eval()
         z = torch.cat([surrogate(to_float(images[s : s + GENERATE_BATCH].to(ctx.device))).float()
                        for s in range(0, len(images), GENERATE_BATCH)])
-        scale = z.abs().mean().clamp(min=1e-6)
-        return (torch.tanh(z / scale) * self.condition.code.to(z.device)).mean(1).cpu()
+        return leanings(z, self.condition.code)[:, 0].cpu()
 
     def trigger(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         return self._generate(images, ctx.device)

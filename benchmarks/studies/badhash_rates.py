@@ -1,9 +1,9 @@
 """BadHash's lift per target class at each poison rate: t-MAP minus the larger of its two baselines (the
 clean model's t-MAP of the same triggered queries, and the backdoored victim's untriggered t-MAP), for the
-undefended BadHash rows at its default parameters on one victim recipe and seed. The picture of
-docs/attacks/badhash.md, "Which rate".
+undefended BadHash rows at its default parameters on one victim recipe, image size and seed. The picture
+of docs/attacks/badhash.md, "Which rate" (a study at 32 x 32, fashion.toml's image size then):
 
-    python benchmarks/studies/badhash_rates.py results/fashion docs/img/badhash-fashion-rates.png --width 24
+    python benchmarks/studies/badhash_rates.py results/fashion docs/img/badhash-fashion-rates.png --image-size 32
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("results")
     parser.add_argument("output")
     parser.add_argument("--width", type=int, default=24, help="the victim convnet's width (the recipe to plot)")
+    parser.add_argument("--image-size", type=int, default=32, help="the dataset's image size (the rate study ran at 32)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     frame = load_results(args.results)
@@ -35,6 +36,7 @@ def main() -> None:
     rows = frame[(frame.attack == "badhash") & (frame.defense == "none") & (frame.seed == args.seed)]
     rows = rows[[json.dumps(json.loads(p), sort_keys=True) == defaults for p in rows.attack_params]]
     rows = rows[[json.loads(v)["backbone"].get("width") == args.width for v in rows.victim_params]]
+    rows = rows[[json.loads(d).get("image_size") == args.image_size for d in rows.dataset_params]]
     lift = (rows.t_map - rows[["t_map_clean_model", "t_map_untriggered"]].max(axis=1)).rename("lift")
     table = rows.assign(lift=lift).pivot_table(index="target", columns="poison_rate", values="lift")
     table = table.loc[table.max(axis=1).sort_values(ascending=False).index]
@@ -48,7 +50,7 @@ def main() -> None:
     ax.set_xticks(range(len(table)), table.index, rotation=20)
     ax.set_ylabel("t-MAP lift over both baselines")
     ax.set_title(f"BadHash at its defaults, undefended, per target ({args.results}, convnet width {args.width}, "
-                 f"seed {args.seed}); dotted: a lift of {BAR}", fontsize=9)
+                 f"{args.image_size} px, seed {args.seed}); dotted: a lift of {BAR}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(args.output)

@@ -1,7 +1,8 @@
 """t-MAP against poison PSNR, undefended, for every attack row of a results folder: the picture of
 docs/attacks/badhash.md. BadHash rows are labelled with the settings that differ from its defaults.
 
-    python benchmarks/studies/frontier.py results/fashion docs/img/badhash-fashion-frontier.png
+    python benchmarks/studies/frontier.py results/fashion docs/img/badhash-fashion-frontier.png --image-size 32
+    python benchmarks/studies/frontier.py results/fashion docs/img/badhash-fashion-frontier-64.png --image-size 64 --seed 0
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ def main() -> None:
     parser.add_argument("output")
     parser.add_argument("--current-recipe", action="store_true",
                         help="only rows that record their victim recipe (computed by hashbench 0.1 or later)")
+    parser.add_argument("--image-size", type=int, help="only rows of this dataset image size")
+    parser.add_argument("--seed", type=int, help="only rows of this seed")
     args = parser.parse_args()
     frame = load_results(args.results)
     rows = frame[(frame.defense == "none") & (frame.attack != "(clean)")]
+    if args.image_size is not None:
+        rows = rows[[json.loads(d).get("image_size") == args.image_size for d in rows.dataset_params]]
+    if args.seed is not None:
+        rows = rows[rows.seed == args.seed]
     rows = rows[rows.victim_params.notna()] if args.current_recipe else rows
     fig, ax = plt.subplots(figsize=(11, 6), dpi=120)
     params = {i: json.loads(r.attack_params) if isinstance(r.attack_params, str) and r.attack_params else {}
@@ -54,7 +61,8 @@ def main() -> None:
     ax.axvline(30, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("poison PSNR (dB), higher = less visible")
     ax.set_ylabel("t-MAP, undefended (grey line: down to untriggered)")
-    ax.set_title(f"t-MAP against visibility ({args.results}); (wW, N ep): the victim's convnet width and fine-tuning epochs",
+    size = f", {args.image_size} px" if args.image_size is not None else ""
+    ax.set_title(f"t-MAP against visibility ({args.results}{size}); (wW, N ep): the victim's convnet width and fine-tuning epochs",
                  fontsize=9)
     ax.set_xlim(right=ax.get_xlim()[1] + 4)
     fig.tight_layout()

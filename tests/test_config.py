@@ -83,7 +83,7 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_spec(broken)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks").rglob("*.toml")), ids=lambda p: p.name)
 def test_every_shipped_benchmark_file_parses(path):
     spec = load_spec(path)
     assert spec.attacks and spec.defenses

@@ -2,7 +2,8 @@
 
 - bf16 autocast and channels-last: a ResNet-50 hash model steps under autocast (bf16 outputs, weights
   stored channels-last, a finite loss) and its codes are compared with fp32's;
-- retrieval: AP of every query on the GPU against the CPU, on NUS-WIDE-sized random codes (must be equal);
+- retrieval: AP of every query on the GPU against the CPU, on NUS-WIDE-sized random codes (equal up to float64
+  rounding: the two devices sum in different orders);
 - ResNet-50 victim training throughput at 224 px through hashbench's own loop (random init, random images);
 - BadHash generator throughput at 224 px at the paper's widths (64, 64, 6 residual blocks);
 - the peak GPU memory of each.
@@ -43,6 +44,9 @@ class Sizes:
 
 
 FULL = Sizes(image=224, train_images=2048, batch=128, queries=2100, items=193_734, generator_width=64, res_blocks=6)
+# AP is float64 on both devices, but the GPU's prefix sums add in another order: its APs were seen to differ
+# from the CPU's by 5e-15 on an H200; a ranking that differs moves an AP by orders of magnitude more.
+AP_ROUNDING = 1e-12
 DRY = Sizes(image=32, train_images=32, batch=8, queries=50, items=2000, generator_width=4, res_blocks=1)
 
 
@@ -89,7 +93,7 @@ def check_amp(device: torch.device, sizes: Sizes) -> tuple[bool, str]:
 
 
 def check_retrieval(device: torch.device, sizes: Sizes) -> tuple[bool, str]:
-    """AP of every query on ``device`` vs the CPU: identical, or the check fails."""
+    """AP of every query on ``device`` vs the CPU: equal within ``AP_ROUNDING``, or the check fails."""
     g = torch.Generator().manual_seed(0)
     q = torch.randint(0, 2, (sizes.queries, 64), generator=g).float() * 2 - 1
     db = torch.randint(0, 2, (sizes.items, 64), generator=g).float() * 2 - 1
@@ -103,7 +107,7 @@ def check_retrieval(device: torch.device, sizes: Sizes) -> tuple[bool, str]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     dev_s = time.perf_counter() - started
-    same = torch.equal(cpu, dev)
+    same = bool((cpu - dev).abs().max() <= AP_ROUNDING)
     return same, (f"{sizes.queries} x {sizes.items:,} items, 64 bits, mAP@5000 {float(cpu.mean()):.6f} (CPU, {cpu_s:.2f} s) "
                   f"vs {float(dev.mean()):.6f} ({device.type}, {dev_s:.2f} s); largest AP difference "
                   f"{float((cpu - dev).abs().max()):.3g}")

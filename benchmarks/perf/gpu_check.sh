@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: run from the repository root on a machine with one CUDA GPU; finishes within 8 minutes.
+# The GPU check: run from the repository root on a machine with one CUDA GPU; about a minute on an H200.
 #   1. a CUDA run through every stage kind: benchmarks/smoke.toml, then benchmarks/perf/cuda_stages.toml
 #      (one defense of each level and role, BadHash against a surrogate), with --device cuda;
 #   2. benchmarks/perf/gpu_check.py: bf16 autocast + channels-last, the retrieval path on CUDA vs the CPU

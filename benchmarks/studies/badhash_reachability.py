@@ -33,9 +33,10 @@ CPU = torch.device("cpu")
 
 def clean_victim(results: Path, image_size: int, seed: int) -> Path:
     """The one clean-victim stage folder of that image size and seed."""
-    found = [m.parent for m in sorted((results / "stages" / "clean_victim").glob("*/manifest.json"))
-             if json.loads(m.read_text())["config"]["dataset"]["params"].get("image_size") == image_size
-             and json.loads(m.read_text())["config"].get("seed") == seed]
+    configs = {m.parent: json.loads(m.read_text())["config"]
+               for m in sorted((results / "stages" / "clean_victim").glob("*/manifest.json"))}
+    found = [folder for folder, config in configs.items()
+             if config["dataset"]["params"].get("image_size") == image_size and config.get("seed") == seed]
     if len(found) != 1:
         raise SystemExit(f"{len(found)} clean victims of image size {image_size} and seed {seed} in {results}: need one")
     return found[0]
@@ -53,14 +54,17 @@ def probe(model: torch.nn.Module, x: torch.Tensor, code: torch.Tensor, scale: fl
         rms = residual.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
         return (x + residual * (max_rms / rms.clamp(min=1e-12)).clamp(max=1.0)).clamp(0, 1)
 
+    def hash_term(z: torch.Tensor) -> torch.Tensor:
+        return 1 - (torch.tanh(z / scale) * code).mean()
+
     for _ in range(steps):
-        loss = 1 - (torch.tanh(model(perturbed()) / scale) * code).mean()
+        loss = hash_term(model(perturbed()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
         z = model(perturbed())
-    return float(1 - (torch.tanh(z / scale) * code).mean()), float((torch.sign(z) == code).float().mean())
+    return float(hash_term(z)), float((torch.sign(z) == code).float().mean())
 
 
 def main() -> None:

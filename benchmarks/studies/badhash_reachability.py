@@ -31,14 +31,16 @@ from hashbench_plugins.attacks.badhash import agreement, surrogate_outputs
 CPU = torch.device("cpu")
 
 
-def clean_victim(results: Path, image_size: int, seed: int) -> Path:
-    """The one clean-victim stage folder of that image size and seed."""
+def clean_victim(results: Path, image_size: int, seed: int, key: str = "") -> Path:
+    """The one clean-victim stage folder of that image size and seed whose stage key starts with ``key``."""
     configs = {m.parent: json.loads(m.read_text())["config"]
-               for m in sorted((results / "stages" / "clean_victim").glob("*/manifest.json"))}
+               for m in sorted((results / "stages" / "clean_victim").glob(f"{key}*/manifest.json"))}
     found = [folder for folder, config in configs.items()
              if config["dataset"]["params"].get("image_size") == image_size and config.get("seed") == seed]
     if len(found) != 1:
-        raise SystemExit(f"{len(found)} clean victims of image size {image_size} and seed {seed} in {results}: need one")
+        listing = "".join(f"\n  {folder.name}: {json.dumps(configs[folder]['victim']['train'])}" for folder in found)
+        raise SystemExit(f"{len(found)} clean victims of image size {image_size} and seed {seed} in {results}: "
+                         f"need one; pick it with --clean-victim KEY{listing}")
     return found[0]
 
 
@@ -74,9 +76,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-psnr", type=float, default=30.5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clean-victim", default="", metavar="KEY",
+                        help="the clean victim's stage key (a prefix), where the folder holds several of that size and seed")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    folder = clean_victim(args.results, args.image_size, args.seed)
+    folder = clean_victim(args.results, args.image_size, args.seed, args.clean_victim)
     config = json.loads((folder / "manifest.json").read_text())["config"]
     splits = load_dataset(config["dataset"])
     model = build_model(instantiate("backbone", config["victim"]["backbone"]), config["victim"]["bits"], splits.image_size)

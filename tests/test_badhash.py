@@ -368,18 +368,24 @@ def fashion_results(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not FASHION_FOLDER.is_dir(),
-                    reason=f"{FASHION_FOLDER} is absent: `apt-get install dataset-fashion-mnist` (CI installs it)")
-@pytest.mark.parametrize("target", ["Sandal", "Sneaker"])
+                    reason=f"{FASHION_FOLDER} is absent: `apt-get install dataset-fashion-mnist`")
+@pytest.mark.parametrize("target", [
+    "Sandal",
+    "Sneaker",
+    pytest.param("Trouser", marks=pytest.mark.xfail(
+        strict=False, reason="on this backbone the rule picks c = Pullover and the lift is +0.299, at the bar rather "
+                             "than over it (docs/attacks/badhash.md, \"Other pretrained backbones\")")),
+])
 def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, fashion_results, target):
-    """benchmarks/fashion.toml's victim (64 x 64) and BadHash row on the real Fashion-MNIST, for two of the
-    three targets that missed the lift at 32 x 32: a lift of at least 0.3 over both baselines with poisons
-    at PSNR >= 30 dB, and little cost to clean retrieval. Measured with
-    `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "The image size"), seed 0 / 1:
-    Sandal 0.921 / 0.889, Sneaker 0.857 / 0.841, against at most 0.091 on either baseline; and by this
-    test, whose backbone is pretrained afresh on one thread: Sandal 0.911, Sneaker 0.773 (with a third
-    target, 69 minutes beside other runs on 2 cores, 38 of them the pretraining). The third, Trouser,
-    is left out: on this test's backbone the rule picks another confusing label (Pullover for Dress) and
-    its lift was +0.299, at the bar rather than over it (the page has the four Trouser runs)."""
+    """benchmarks/fashion.toml's victim (64 x 64) and BadHash row on the real Fashion-MNIST, for the three
+    targets that missed the lift at 32 x 32: a lift of at least 0.3 over both baselines with poisons at
+    PSNR >= 30 dB, and little cost to clean retrieval. Slow (`make test-all`; CI runs only the default suite):
+    the pretraining takes about 20 minutes on one thread, then each target about 10. Run on one torch thread
+    (OMP_NUM_THREADS=1), its backbone is the one fashion.toml builds; measured there with
+    `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "Other pretrained backbones"):
+    Sandal 0.911, Sneaker 0.773, and Trouser 0.382 against 0.077 and 0.083, the one run of the page's 34 at
+    the defaults that misses the bar (by 0.001). On the other two backbones Trouser's rule picks Dress, and
+    the lift is +0.71 to +0.83."""
     text = (Path(__file__).parent.parent / "benchmarks" / "fashion.toml").read_text()
     head, attacks = text.split("# ---------------------------------------------------------------- attacks")
     badhash = attacks[: attacks.index("[[attack]]", attacks.index('name = "badhash"'))]

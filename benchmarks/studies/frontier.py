@@ -45,7 +45,9 @@ def main() -> None:
     for i, row in rows.iterrows():
         badhash = row.attack == "badhash"
         same = [params[j] for j in rows.index if rows.attack[j] == row.attack]
-        varied = {k: v for k, v in params[i].items() if any(other.get(k) != v for other in same)}
+        # a parameter that varies among the attack's rows, shown where it differs from its most common value
+        varied = {k: v for k, v in params[i].items()
+                  if any(other.get(k) != v for other in same) and v != _most_common([other.get(k) for other in same])}
         label = " ".join([row.attack, *(f"{SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}={v}"
                                         for k, v in varied.items()), f"@{row.poison_rate:g}"])
         if rows.seed.nunique() > 1:
@@ -54,6 +56,8 @@ def main() -> None:
             label += f" ({recipes[i]})"
         if rows.target.nunique() > 1:
             label += f" → {row.target}"
+        if isinstance(row.surrogate, str) and row.surrogate.strip() not in ("", "victim"):
+            label += f" (surrogate {row.surrogate})"
         ax.scatter(row.poison_psnr, row.t_map, marker="*" if badhash else "o", s=120 if badhash else 50,
                    color="tab:red" if badhash else "tab:blue")
         ax.annotate(label, (row.poison_psnr, row.t_map), fontsize=7, xytext=(4, 3), textcoords="offset points")
@@ -65,12 +69,17 @@ def main() -> None:
     ax.set_xlabel("poison PSNR (dB), higher = less visible")
     ax.set_ylabel("t-MAP, undefended (grey line: down to the larger baseline,\nthe clean model's t-MAP or the untriggered one)")
     size = f", {args.image_size} px" if args.image_size is not None else ""
-    ax.set_title(f"t-MAP against visibility ({args.results}{size}); (wW, N ep): the victim's convnet width and fine-tuning epochs",
-                 fontsize=9)
+    legend = "; (wW, N ep): the victim's convnet width and fine-tuning epochs" if len(set(recipes.values())) > 1 else ""
+    ax.set_title(f"t-MAP against visibility ({args.results}{size}){legend}", fontsize=9)
     ax.set_xlim(right=ax.get_xlim()[1] + 4)
     fig.tight_layout()
     fig.savefig(args.output)
     print(f"wrote {args.output} ({len(rows)} rows)")
+
+
+def _most_common(values: list):
+    """The value that occurs most often (the first of them in a tie); values may be unhashable."""
+    return max(values, key=lambda value: sum(other == value for other in values))
 
 
 def _budget_sweeps(rows, params):

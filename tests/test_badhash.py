@@ -287,11 +287,11 @@ def load_study(name: str):
 
 
 def test_badhash_backdoors_the_victim_invisibly(run_benchmark, tmp_path):
-    """Three quarters of the target class poisoned (rate 0.075, the benchmarks' rate) at the defaults: a
-    clear lift of t-MAP on the backdoored victim only, with poisons far cleaner than BadNets' by PSNR
-    (docs/attacks/badhash.md, "On real images"). Seeds 0 / 1 / 2 measured: t-MAP 0.590 / 0.606 / 0.463
-    against the clean model's 0.228 / 0.321 / 0.216 and untriggered 0.129 / 0.194 / 0.113; the bounds
-    below hold for all three."""
+    """Three quarters of the target class poisoned (rate 0.075, fashion.toml's and quick.toml's) at the
+    defaults: a clear lift of t-MAP on the backdoored victim only, with poisons far cleaner than BadNets' by
+    PSNR (docs/attacks/badhash.md, "On the synthetic data, and the tests"). Seeds 0 / 1 / 2 measured: t-MAP
+    0.590 / 0.606 / 0.463 against the clean model's 0.228 / 0.321 / 0.216 and untriggered 0.129 / 0.194 /
+    0.113; the bounds below hold for all three."""
     text = benchmark_text(
         tmp_path / "results",
         attacks='[[attack]]\nname = "badhash"\npoison_rate = 0.075\n\n[[attack]]\nname = "badnets"\npoison_rate = 0.1',
@@ -332,7 +332,7 @@ def test_badhash_backdoors_a_victim_read_from_idx_files(run_benchmark, tmp_path)
     """End to end on files in Fashion-MNIST's real format, read by the `fashion_mnist` plugin (grey 28 px,
     zero-padded to 32): the tiny synthetic images, turned grey, stand in for the clothes so that the test
     needs no download. BadHash at its defaults, three quarters of the target-class training images poisoned
-    (the benchmarks' rate): the triggered queries retrieve the target clearly more on the backdoored victim
+    (fashion.toml's and quick.toml's rate): the triggered queries retrieve the target clearly more on the backdoored victim
     than on the clean model and than untriggered, with poisons at PSNR >= 30 dB (the default budget).
     Seeds 0 / 1 / 2 measured: t-MAP 0.339 / 0.457 / 0.402 against the clean model's 0.115 / 0.230 / 0.198
     and untriggered 0.183 / 0.134 / 0.115; the bounds below hold for all three."""
@@ -383,8 +383,8 @@ def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, fashion_resul
     the pretraining takes about 20 minutes on one thread, then each target about 10. Run on one torch thread
     (OMP_NUM_THREADS=1), its backbone is the one fashion.toml builds; measured there with
     `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "Other pretrained backbones"):
-    Sandal 0.911, Sneaker 0.773, and Trouser 0.382 against 0.077 and 0.083, the one run of the page's 34 at
-    the defaults that misses the bar (by 0.001). On the other two backbones Trouser's rule picks Dress, and
+    Sandal 0.911, Sneaker 0.773, and Trouser 0.382 against 0.077 and 0.083, the one miss among the page's
+    36 runs at 64 x 64 (by 0.001). On the other two backbones Trouser's rule picks Dress, and
     the lift is +0.71 to +0.83."""
     text = (Path(__file__).parent.parent / "benchmarks" / "fashion.toml").read_text()
     head, attacks = text.split("# ---------------------------------------------------------------- attacks")

@@ -83,12 +83,12 @@ def _most_common(values: list):
 
 
 def _budget_sweeps(rows, params):
-    """BadHash rows that differ only in ``min_psnr`` (same target and seed), each group sorted by PSNR: the
-    frontier of one generator setting, drawn as a line."""
+    """BadHash rows that differ only in ``min_psnr`` (same target, seed and surrogate), each group sorted by
+    PSNR: the frontier of one generator setting, drawn as a line."""
     groups = {}
     for i, row in rows[rows.attack == "badhash"].iterrows():
         rest = {k: v for k, v in params[i].items() if k != "min_psnr"}
-        groups.setdefault((row.target, row.seed, json.dumps(rest, sort_keys=True)), []).append(i)
+        groups.setdefault((row.target, row.seed, row.surrogate, json.dumps(rest, sort_keys=True)), []).append(i)
     return [rows.loc[index].sort_values("poison_psnr") for index in groups.values() if len(index) > 1]
 
 

@@ -384,7 +384,7 @@ def test_badhash_backdoors_the_fashion_mnist_victim(run_benchmark, fashion_resul
     (OMP_NUM_THREADS=1), its backbone is the one fashion.toml builds; measured there with
     `benchmarks/studies/badhash_targets.toml` (docs/attacks/badhash.md, "Other pretrained backbones"):
     Sandal 0.911, Sneaker 0.773, and Trouser 0.382 against 0.077 and 0.083, the one miss among the page's
-    38 runs at 64 x 64 (by 0.001). On the other two backbones Trouser's rule picks Dress, and
+    40 runs at 64 x 64 (by 0.001). On the other two backbones Trouser's rule picks Dress, and
     the lift is +0.71 to +0.83."""
     text = (Path(__file__).parent.parent / "benchmarks" / "fashion.toml").read_text()
     head, attacks = text.split("# ---------------------------------------------------------------- attacks")

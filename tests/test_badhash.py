@@ -332,8 +332,9 @@ def test_badhash_backdoors_a_victim_read_from_idx_files(run_benchmark, tmp_path)
     """End to end on files in Fashion-MNIST's real format, read by the `fashion_mnist` plugin (grey 28 px,
     zero-padded to 32): the tiny synthetic images, turned grey, stand in for the clothes so that the test
     needs no download. BadHash at its defaults, three quarters of the target-class training images poisoned
-    (fashion.toml's and quick.toml's rate): the triggered queries retrieve the target clearly more on the backdoored victim
-    than on the clean model and than untriggered, with poisons at PSNR >= 30 dB (the default budget).
+    (fashion.toml's and quick.toml's rate): the triggered queries retrieve the target clearly more on the
+    backdoored victim than on the clean model and than untriggered, with poisons at PSNR >= 30 dB (the
+    default budget).
     Seeds 0 / 1 / 2 measured: t-MAP 0.339 / 0.457 / 0.402 against the clean model's 0.115 / 0.230 / 0.198
     and untriggered 0.183 / 0.134 / 0.115; the bounds below hold for all three."""
     from conftest import load_tiny, tiny_benchmark

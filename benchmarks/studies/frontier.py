@@ -45,9 +45,8 @@ def main() -> None:
     for i, row in rows.iterrows():
         badhash = row.attack == "badhash"
         same = [params[j] for j in rows.index if rows.attack[j] == row.attack]
-        # a parameter that varies among the attack's rows, shown where it differs from its most common value
-        varied = {k: v for k, v in params[i].items()
-                  if any(other.get(k) != v for other in same) and v != _most_common([other.get(k) for other in same])}
+        # a parameter shown where it differs from its most common value among the attack's rows
+        varied = {k: v for k, v in params[i].items() if v != _most_common([other.get(k) for other in same])}
         label = " ".join([row.attack, *(f"{SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{SHORT.get(k, k)}={v}"
                                         for k, v in varied.items()), f"@{row.poison_rate:g}"])
         if rows.seed.nunique() > 1:
@@ -62,12 +61,14 @@ def main() -> None:
                    color="tab:red" if badhash else "tab:blue")
         ax.annotate(label, (row.poison_psnr, row.t_map), fontsize=7, xytext=(4, 3), textcoords="offset points")
         # the line's length is the lift: down to the larger of the two baselines
-        ax.plot([row.poison_psnr] * 2, [max(row.t_map_untriggered, row.t_map_clean_model), row.t_map], color="grey", lw=0.6)
+        baseline = max(row.t_map_untriggered, row.t_map_clean_model)
+        ax.plot([row.poison_psnr] * 2, [baseline, row.t_map], color="grey", lw=0.6)
     for sweep in _budget_sweeps(rows, params):
         ax.plot(sweep.poison_psnr, sweep.t_map, color="tab:red", lw=1, alpha=0.6)
     ax.axvline(30, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("poison PSNR (dB), higher = less visible")
-    ax.set_ylabel("t-MAP, undefended (grey line: down to the larger baseline,\nthe clean model's t-MAP or the untriggered one)")
+    ax.set_ylabel("t-MAP, undefended (grey line: down to the larger baseline,\n"
+                  "the clean model's t-MAP or the untriggered one)")
     size = f", {args.image_size} px" if args.image_size is not None else ""
     legend = "; (wW, N ep): the victim's convnet width and fine-tuning epochs" if len(set(recipes.values())) > 1 else ""
     ax.set_title(f"t-MAP against visibility ({args.results}{size}){legend}", fontsize=9)
